@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Pure decoders for the qcow2 on-disk format (see qcow2-format.h).
+ *
+ * The checks follow what QEMU's qcow2 driver refuses on open (block/qcow2.c),
+ * plus the target's own limits: no encryption, external data file, extended
+ * L2 entries or backing file, and no image that needs repair.
+ */
+#include <kunit/visibility.h>
+#include <linux/align.h>
+#include <linux/blk_types.h>
+#include <linux/bits.h>
+#include <linux/errno.h>
+#include <linux/export.h>
+#include <linux/kernel.h>
+#include <linux/string.h>
+#include <linux/unaligned.h>
+
+#include "qcow2-format.h"
+
+/* Not const: ti->error is a plain char pointer. */
+static char * const qcow2_err_strs[QCOW2_ERR_MAX] = {
+	[QCOW2_OK]			= "no error",
+	[QCOW2_ERR_SHORT]		= "Device too small for a qcow2 header",
+	[QCOW2_ERR_MAGIC]		= "Not a qcow2 image (bad magic)",
+	[QCOW2_ERR_VERSION]		= "Unsupported qcow2 version",
+	[QCOW2_ERR_CLUSTER_BITS]	= "Invalid cluster_bits (must be 9..21)",
+	[QCOW2_ERR_HEADER_LENGTH]	= "Invalid header_length",
+	[QCOW2_ERR_REFCOUNT_ORDER]	= "Invalid refcount_order (must be 0..6)",
+	[QCOW2_ERR_ENCRYPTED]		= "Encrypted images are not supported",
+	[QCOW2_ERR_DIRTY]		= "Image is dirty: run 'qemu-img check -r all' first",
+	[QCOW2_ERR_CORRUPT]		= "Image is marked corrupt: run 'qemu-img check -r all' first",
+	[QCOW2_ERR_DATA_FILE]		= "External data files are not supported",
+	[QCOW2_ERR_EXTL2]		= "Extended L2 entries (subclusters) are not supported",
+	[QCOW2_ERR_UNKNOWN_INCOMPAT]	= "Unknown incompatible feature bits",
+	[QCOW2_ERR_COMPRESSION_TYPE]	= "Invalid compression type",
+	[QCOW2_ERR_BACKING_FILE]	= "Images with a backing file are not supported",
+	[QCOW2_ERR_SIZE]		= "Virtual size is not a multiple of 512 bytes",
+	[QCOW2_ERR_DEV_TOO_SMALL]	= "Device smaller than one cluster",
+	[QCOW2_ERR_L1_TOO_SMALL]	= "l1_size too small for the virtual size",
+	[QCOW2_ERR_L1_TOO_LARGE]	= "l1_size too large",
+	[QCOW2_ERR_L1_OFFSET]		= "L1 table misaligned or beyond the device",
+	[QCOW2_ERR_REFTABLE_OFFSET]	= "Refcount table misaligned or beyond the device",
+	[QCOW2_ERR_REFTABLE_SIZE]	= "Refcount table size invalid",
+	[QCOW2_ERR_SNAPSHOTS_OFFSET]	= "Snapshot table misaligned or beyond the device",
+	[QCOW2_ERR_SNAPSHOTS_COUNT]	= "Too many snapshots",
+	[QCOW2_ERR_EXTENSION]		= "Invalid header extension",
+	[QCOW2_ERR_L1_ENTRY]		= "Invalid L1 table entry",
+	[QCOW2_ERR_TABLE_LENGTH]	= "Target length does not match the image's virtual size",
+};
+
+/**
+ * qcow2_err_str() - message for a refusal, suitable for ti->error.
+ * @err: the reason.
+ *
+ * Return: a string with static lifetime.
+ */
+char *qcow2_err_str(enum qcow2_err err)
+{
+	if (err < 0 || err >= QCOW2_ERR_MAX || !qcow2_err_strs[err])
+		return "Unknown error";
+	return qcow2_err_strs[err];
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_err_str);
+
+static int refuse(struct qcow2_refusal *why, enum qcow2_err err, u64 value)
+{
+	why->err = err;
+	why->value = value;
+	return -EINVAL;
+}
+
+/**
+ * qcow2_l1_entries_needed() - L1 entries needed to map @size guest bytes.
+ * @size: virtual size in bytes.
+ * @cluster_bits: log2 of the cluster size, 9..21.
+ *
+ * Each L1 entry maps 2^(2 * cluster_bits - 3) bytes, at most 2^39, so the
+ * result cannot overflow.
+ */
+u64 qcow2_l1_entries_needed(u64 size, u32 cluster_bits)
+{
+	u32 shift = cluster_bits + cluster_bits - 3;
+
+	return (size >> shift) + !!(size & (BIT_ULL(shift) - 1));
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_l1_entries_needed);
+
+/* A table of @bytes at cluster-aligned @off, not covering the header, inside the device. */
+static bool table_fits(const struct qcow2_geometry *g, u64 off, u64 bytes)
+{
+	if (!off || (off & (g->cluster_size - 1)))
+		return false;
+	return off <= g->dev_size && bytes <= g->dev_size - off;
+}
+
+static int decode_features(const struct qcow2_header *h,
+			   struct qcow2_geometry *g, struct qcow2_refusal *why)
+{
+	const u64 known = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT |
+			  QCOW2_INCOMPAT_DATA_FILE | QCOW2_INCOMPAT_COMPRESSION |
+			  QCOW2_INCOMPAT_EXTL2;
+	u64 incompat;
+
+	g->incompatible_features = get_unaligned_be64(&h->incompatible_features);
+	g->compatible_features = get_unaligned_be64(&h->compatible_features);
+	g->autoclear_features = get_unaligned_be64(&h->autoclear_features);
+	g->refcount_order = get_unaligned_be32(&h->refcount_order);
+	g->header_length = get_unaligned_be32(&h->header_length);
+
+	if (g->header_length < QCOW2_HEADER_V3_LEN || g->header_length % 8 ||
+	    g->header_length > g->cluster_size)
+		return refuse(why, QCOW2_ERR_HEADER_LENGTH, g->header_length);
+	if (g->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
+		return refuse(why, QCOW2_ERR_REFCOUNT_ORDER, g->refcount_order);
+
+	incompat = g->incompatible_features;
+	if (incompat & ~known)
+		return refuse(why, QCOW2_ERR_UNKNOWN_INCOMPAT, incompat & ~known);
+	if (incompat & QCOW2_INCOMPAT_CORRUPT)
+		return refuse(why, QCOW2_ERR_CORRUPT, incompat);
+	if (incompat & QCOW2_INCOMPAT_DIRTY)
+		return refuse(why, QCOW2_ERR_DIRTY, incompat);
+	if (incompat & QCOW2_INCOMPAT_DATA_FILE)
+		return refuse(why, QCOW2_ERR_DATA_FILE, incompat);
+	if (incompat & QCOW2_INCOMPAT_EXTL2)
+		return refuse(why, QCOW2_ERR_EXTL2, incompat);
+
+	/* As QEMU: zlib must not set the bit, anything else must. */
+	g->compression_type = QCOW2_COMPRESSION_ZLIB;
+	if (g->header_length >= QCOW2_HEADER_COMPRESSION_LEN)
+		g->compression_type = h->compression_type;
+	switch (g->compression_type) {
+	case QCOW2_COMPRESSION_ZLIB:
+		if (incompat & QCOW2_INCOMPAT_COMPRESSION)
+			return refuse(why, QCOW2_ERR_COMPRESSION_TYPE, g->compression_type);
+		break;
+	case QCOW2_COMPRESSION_ZSTD:
+		if (!(incompat & QCOW2_INCOMPAT_COMPRESSION))
+			return refuse(why, QCOW2_ERR_COMPRESSION_TYPE, g->compression_type);
+		break;
+	default:
+		return refuse(why, QCOW2_ERR_COMPRESSION_TYPE, g->compression_type);
+	}
+	return 0;
+}
+
+static int decode_tables(const struct qcow2_header *h,
+			 struct qcow2_geometry *g, struct qcow2_refusal *why)
+{
+	u64 needed, bytes;
+
+	g->l1_size = get_unaligned_be32(&h->l1_size);
+	g->l1_table_offset = get_unaligned_be64(&h->l1_table_offset);
+	g->refcount_table_offset = get_unaligned_be64(&h->refcount_table_offset);
+	g->refcount_table_clusters = get_unaligned_be32(&h->refcount_table_clusters);
+	g->nb_snapshots = get_unaligned_be32(&h->nb_snapshots);
+	g->snapshots_offset = get_unaligned_be64(&h->snapshots_offset);
+
+	if ((u64)g->l1_size * sizeof(u64) > QCOW2_MAX_L1_BYTES)
+		return refuse(why, QCOW2_ERR_L1_TOO_LARGE, g->l1_size);
+	needed = qcow2_l1_entries_needed(g->size, g->cluster_bits);
+	if (g->l1_size < needed)
+		return refuse(why, QCOW2_ERR_L1_TOO_SMALL, g->l1_size);
+	if (g->l1_size &&
+	    !table_fits(g, g->l1_table_offset, (u64)g->l1_size * sizeof(u64)))
+		return refuse(why, QCOW2_ERR_L1_OFFSET, g->l1_table_offset);
+
+	bytes = (u64)g->refcount_table_clusters << g->cluster_bits;
+	if (!g->refcount_table_clusters || bytes > QCOW2_MAX_REFTABLE_BYTES)
+		return refuse(why, QCOW2_ERR_REFTABLE_SIZE, g->refcount_table_clusters);
+	if (!table_fits(g, g->refcount_table_offset, bytes))
+		return refuse(why, QCOW2_ERR_REFTABLE_OFFSET, g->refcount_table_offset);
+
+	if (g->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+		return refuse(why, QCOW2_ERR_SNAPSHOTS_COUNT, g->nb_snapshots);
+	bytes = (u64)g->nb_snapshots * sizeof(struct qcow2_snapshot_hdr);
+	if (g->nb_snapshots && !table_fits(g, g->snapshots_offset, bytes))
+		return refuse(why, QCOW2_ERR_SNAPSHOTS_OFFSET, g->snapshots_offset);
+	return 0;
+}
+
+/**
+ * qcow2_decode_header() - decode and validate the image header.
+ * @buf: the first bytes of the device.
+ * @len: bytes in @buf; at least the header (72 or header_length bytes).
+ * @dev_size: size of the device in bytes.
+ * @g: filled with the decoded geometry on success.
+ * @why: filled with the reason on failure.
+ *
+ * Context: any; pure function.
+ * Return: 0, or -EINVAL with @why set.
+ */
+int qcow2_decode_header(const void *buf, size_t len, u64 dev_size,
+			struct qcow2_geometry *g, struct qcow2_refusal *why)
+{
+	const struct qcow2_header *h = buf;
+	u32 crypt;
+	int r;
+
+	memset(g, 0, sizeof(*g));
+	why->err = QCOW2_OK;
+	why->value = 0;
+	g->dev_size = dev_size;
+
+	if (len < QCOW2_HEADER_V2_LEN)
+		return refuse(why, QCOW2_ERR_SHORT, len);
+	if (get_unaligned_be32(&h->magic) != QCOW2_MAGIC)
+		return refuse(why, QCOW2_ERR_MAGIC, get_unaligned_be32(&h->magic));
+	g->version = get_unaligned_be32(&h->version);
+	if (g->version != 2 && g->version != 3)
+		return refuse(why, QCOW2_ERR_VERSION, g->version);
+	g->cluster_bits = get_unaligned_be32(&h->cluster_bits);
+	if (g->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+	    g->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+		return refuse(why, QCOW2_ERR_CLUSTER_BITS, g->cluster_bits);
+	g->cluster_size = BIT_ULL(g->cluster_bits);
+	g->l2_bits = g->cluster_bits - 3;
+	if (dev_size < g->cluster_size)
+		return refuse(why, QCOW2_ERR_DEV_TOO_SMALL, dev_size);
+
+	if (g->version == 2) {
+		g->header_length = QCOW2_HEADER_V2_LEN;
+		g->refcount_order = QCOW2_V2_REFCOUNT_ORDER;
+		g->compression_type = QCOW2_COMPRESSION_ZLIB;
+	} else {
+		if (len < QCOW2_HEADER_V3_LEN)
+			return refuse(why, QCOW2_ERR_SHORT, len);
+		r = decode_features(h, g, why);
+		if (r)
+			return r;
+		if (g->header_length > len)
+			return refuse(why, QCOW2_ERR_HEADER_LENGTH, g->header_length);
+	}
+
+	crypt = get_unaligned_be32(&h->crypt_method);
+	if (crypt != QCOW2_CRYPT_NONE)
+		return refuse(why, QCOW2_ERR_ENCRYPTED, crypt);
+	if (get_unaligned_be64(&h->backing_file_offset))
+		return refuse(why, QCOW2_ERR_BACKING_FILE,
+			      get_unaligned_be64(&h->backing_file_offset));
+
+	g->size = get_unaligned_be64(&h->size);
+	if (g->size & (SECTOR_SIZE - 1))
+		return refuse(why, QCOW2_ERR_SIZE, g->size);
+
+	return decode_tables(h, g, why);
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_header);
+
+/**
+ * qcow2_check_extensions() - walk the header extensions after the header.
+ * @buf: the image's first cluster (or as much of it as the device holds).
+ * @len: bytes in @buf.
+ * @g: geometry from qcow2_decode_header().
+ * @why: filled with the reason on failure; @why->value is the extension's
+ *	byte offset.
+ *
+ * Unknown extensions are skipped (and kept: the target never rewrites them).
+ * Context: any; pure function.
+ * Return: 0, or -EINVAL with @why set.
+ */
+int qcow2_check_extensions(const void *buf, size_t len,
+			   const struct qcow2_geometry *g,
+			   struct qcow2_refusal *why)
+{
+	size_t off = g->header_length;
+	size_t end = min_t(u64, len, g->cluster_size);
+
+	while (off < end) {
+		const struct qcow2_ext_hdr *e = buf + off;
+		u32 type, elen;
+
+		if (end - off < sizeof(*e))
+			return refuse(why, QCOW2_ERR_EXTENSION, off);
+		type = get_unaligned_be32(&e->type);
+		elen = get_unaligned_be32(&e->len);
+		if (type == QCOW2_EXT_END)
+			return 0;
+		if (elen > end - off - sizeof(*e))
+			return refuse(why, QCOW2_ERR_EXTENSION, off);
+		/* QEMU refuses a crypto header on an unencrypted image. */
+		if (type == QCOW2_EXT_CRYPTO)
+			return refuse(why, QCOW2_ERR_EXTENSION, off);
+		off += sizeof(*e) + ALIGN((u64)elen, 8);
+	}
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_check_extensions);
+
+/**
+ * qcow2_check_target_len() - the dm table must cover exactly the virtual disk.
+ * @g: geometry.
+ * @sectors: target length in 512-byte sectors.
+ * @why: filled with the reason on failure.
+ *
+ * Return: 0, or -EINVAL with @why set.
+ */
+int qcow2_check_target_len(const struct qcow2_geometry *g, u64 sectors,
+			   struct qcow2_refusal *why)
+{
+	if (sectors != g->size >> SECTOR_SHIFT)
+		return refuse(why, QCOW2_ERR_TABLE_LENGTH, sectors);
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_check_target_len);
+
+/**
+ * qcow2_check_l1_entry() - is @l1e a usable L1 entry?
+ * @g: geometry.
+ * @l1e: the entry in CPU order.
+ *
+ * Return: 0 if the entry is empty or points to a whole cluster inside the
+ * device with no reserved bit set, -EINVAL otherwise.
+ */
+int qcow2_check_l1_entry(const struct qcow2_geometry *g, u64 l1e)
+{
+	u64 off = l1e & QCOW2_L1E_OFFSET_MASK;
+
+	if (l1e & QCOW2_L1E_RESERVED_MASK)
+		return -EINVAL;
+	if (!off)
+		return 0;
+	if (off & (g->cluster_size - 1))
+		return -EINVAL;
+	if (off > g->dev_size || g->dev_size - off < g->cluster_size)
+		return -EINVAL;
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_check_l1_entry);
+
+/**
+ * qcow2_decode_l2_entry() - classify an L2 entry.
+ * @g: geometry.
+ * @l2e: the entry in CPU order.
+ * @info: host location of the data, for NORMAL, ZERO_ALLOC and COMPRESSED.
+ *
+ * A compressed run may extend past the end of the device: QEMU reads past
+ * the end of an image file as zeros, and the caller clamps the same way.
+ *
+ * Context: any; pure function.
+ * Return: the cluster type.
+ */
+enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
+					      u64 l2e,
+					      struct qcow2_l2e_info *info)
+{
+	u64 off;
+
+	memset(info, 0, sizeof(*info));
+	info->copied = !!(l2e & QCOW2_OFLAG_COPIED);
+
+	if (l2e & QCOW2_OFLAG_COMPRESSED) {
+		u32 shift = 62 - (g->cluster_bits - 8);
+		u64 nb_sectors = ((l2e >> shift) &
+				  (BIT_ULL(g->cluster_bits - 8) - 1)) + 1;
+
+		off = l2e & (BIT_ULL(shift) - 1);
+		info->host_offset = off;
+		info->compressed_len = nb_sectors * QCOW2_COMPRESSED_SECTOR_SIZE -
+				       (off & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
+		if (info->copied || !off || off >= g->dev_size)
+			return QCOW2_CLUSTER_INVALID;
+		return QCOW2_CLUSTER_COMPRESSED;
+	}
+
+	if (l2e & QCOW2_L2E_STD_RESERVED_MASK)
+		return QCOW2_CLUSTER_INVALID;
+	off = l2e & QCOW2_L2E_OFFSET_MASK;
+	info->host_offset = off;
+	if (off && ((off & (g->cluster_size - 1)) || off > g->dev_size ||
+		    g->dev_size - off < g->cluster_size))
+		return QCOW2_CLUSTER_INVALID;
+	if (l2e & QCOW2_OFLAG_ZERO)
+		return off ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+	return off ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_l2_entry);
