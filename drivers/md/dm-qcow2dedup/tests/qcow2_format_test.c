@@ -5,6 +5,7 @@
  */
 #include <kunit/test.h>
 #include <kunit/visibility.h>
+#include <linux/bits.h>
 #include <linux/unaligned.h>
 
 #include "qcow2-format.h"
@@ -12,7 +13,7 @@
 MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
 
 #define CB		16
-#define CS		(1ULL << CB)
+#define CS		BIT_ULL(CB)
 #define DEV_SIZE	(16 * CS)
 #define HDR_BUF		4096
 
@@ -114,57 +115,96 @@ struct refusal_case {
 #define MUT(fn) static void fn(struct qcow2_header *h, u64 *dev, size_t *len)
 
 MUT(m_short) { *len = 64; }
+
 MUT(m_v3_short) { *len = 100; }
+
 MUT(m_magic) { put_unaligned_be32(0x514649fa, &h->magic); }
+
 MUT(m_version1) { put_unaligned_be32(1, &h->version); }
+
 MUT(m_version4) { put_unaligned_be32(4, &h->version); }
+
 MUT(m_cb8) { put_unaligned_be32(8, &h->cluster_bits); }
+
 MUT(m_cb22) { put_unaligned_be32(22, &h->cluster_bits); }
+
 MUT(m_hlen_small) { put_unaligned_be32(96, &h->header_length); }
+
 MUT(m_hlen_unaligned) { put_unaligned_be32(108, &h->header_length); }
+
 MUT(m_hlen_cluster) { put_unaligned_be32(CS + 8, &h->header_length); }
+
 MUT(m_hlen_buf) { put_unaligned_be32(HDR_BUF + 8, &h->header_length); }
+
 MUT(m_rc_order) { put_unaligned_be32(7, &h->refcount_order); }
+
 MUT(m_crypt) { put_unaligned_be32(2, &h->crypt_method); }
+
 MUT(m_dirty) { put_unaligned_be64(QCOW2_INCOMPAT_DIRTY, &h->incompatible_features); }
+
 MUT(m_corrupt) { put_unaligned_be64(QCOW2_INCOMPAT_CORRUPT, &h->incompatible_features); }
+
 MUT(m_datafile) { put_unaligned_be64(QCOW2_INCOMPAT_DATA_FILE, &h->incompatible_features); }
+
 MUT(m_extl2) { put_unaligned_be64(QCOW2_INCOMPAT_EXTL2, &h->incompatible_features); }
+
 MUT(m_unknown) { put_unaligned_be64(1ULL << 5 | 1ULL << 63, &h->incompatible_features); }
+
 MUT(m_zlib_bit)
 {
 	put_unaligned_be64(QCOW2_INCOMPAT_COMPRESSION, &h->incompatible_features);
 }
+
 MUT(m_zstd_nobit) { h->compression_type = QCOW2_COMPRESSION_ZSTD; }
+
 MUT(m_ctype2)
 {
 	put_unaligned_be64(QCOW2_INCOMPAT_COMPRESSION, &h->incompatible_features);
 	h->compression_type = 2;
 }
+
 MUT(m_backing) { put_unaligned_be64(512, &h->backing_file_offset); }
+
 MUT(m_size) { put_unaligned_be64((1ULL << 30) + 100, &h->size); }
+
 MUT(m_dev_small) { *dev = CS - 512; }
+
 MUT(m_l1_small) { put_unaligned_be32(1, &h->l1_size); }
+
 MUT(m_l1_large) { put_unaligned_be32(QCOW2_MAX_L1_BYTES / 8 + 1, &h->l1_size); }
+
 MUT(m_l1_misaligned) { put_unaligned_be64(3 * CS + 512, &h->l1_table_offset); }
+
 MUT(m_l1_beyond) { put_unaligned_be64(DEV_SIZE, &h->l1_table_offset); }
+
 MUT(m_l1_zero) { put_unaligned_be64(0, &h->l1_table_offset); }
+
 MUT(m_l1_straddle) { put_unaligned_be32(3, &h->l1_size); *dev = 3 * CS + 16; }
+
 MUT(m_rt_misaligned) { put_unaligned_be64(CS + 4096, &h->refcount_table_offset); }
-MUT(m_rt_beyond) { put_unaligned_be64(DEV_SIZE - CS, &h->refcount_table_offset);
-	put_unaligned_be32(2, &h->refcount_table_clusters); }
+
+MUT(m_rt_beyond)
+{
+	put_unaligned_be64(DEV_SIZE - CS, &h->refcount_table_offset);
+	put_unaligned_be32(2, &h->refcount_table_clusters);
+}
+
 MUT(m_rt_empty) { put_unaligned_be32(0, &h->refcount_table_clusters); }
+
 MUT(m_rt_huge) { put_unaligned_be32(129, &h->refcount_table_clusters); }
+
 MUT(m_sn_misaligned)
 {
 	put_unaligned_be32(1, &h->nb_snapshots);
 	put_unaligned_be64(4 * CS + 8, &h->snapshots_offset);
 }
+
 MUT(m_sn_beyond)
 {
 	put_unaligned_be32(1, &h->nb_snapshots);
 	put_unaligned_be64(DEV_SIZE, &h->snapshots_offset);
 }
+
 MUT(m_sn_count)
 {
 	put_unaligned_be32(QCOW2_MAX_SNAPSHOTS + 1, &h->nb_snapshots);
@@ -189,7 +229,8 @@ static const struct refusal_case refusal_cases[] = {
 	{ "corrupt bit", m_corrupt, QCOW2_ERR_CORRUPT, QCOW2_INCOMPAT_CORRUPT },
 	{ "external data file", m_datafile, QCOW2_ERR_DATA_FILE, QCOW2_INCOMPAT_DATA_FILE },
 	{ "extended L2", m_extl2, QCOW2_ERR_EXTL2, QCOW2_INCOMPAT_EXTL2 },
-	{ "unknown incompatible bits", m_unknown, QCOW2_ERR_UNKNOWN_INCOMPAT, 1ULL << 5 | 1ULL << 63 },
+	{ "unknown incompatible bits", m_unknown, QCOW2_ERR_UNKNOWN_INCOMPAT,
+	  1ULL << 5 | 1ULL << 63 },
 	{ "zlib with compression bit", m_zlib_bit, QCOW2_ERR_COMPRESSION_TYPE, 0 },
 	{ "zstd without compression bit", m_zstd_nobit, QCOW2_ERR_COMPRESSION_TYPE, 1 },
 	{ "compression type 2", m_ctype2, QCOW2_ERR_COMPRESSION_TYPE, 2 },
@@ -372,7 +413,7 @@ static void l2_entries(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, info.host_offset, (1ULL << 56) - CS);
 }
 
-/* Encode a compressed descriptor the way QEMU does (qcow2_alloc_compressed_cluster_offset). */
+/* Encode a compressed descriptor as QEMU does (qcow2_alloc_compressed_cluster_offset). */
 static u64 compressed_l2e(u32 cb, u64 off, u64 len)
 {
 	u32 shift = 62 - (cb - 8);
@@ -400,7 +441,7 @@ static void compressed_descriptors(struct kunit *test)
 			KUNIT_ASSERT_EQ(test, qcow2_decode_l2_entry(&g, l2e, &info),
 					QCOW2_CLUSTER_COMPRESSED);
 			KUNIT_EXPECT_EQ(test, info.host_offset, off);
-			/* QEMU reads whole sectors: at least the length, less than a sector more. */
+			/* QEMU reads whole sectors: the length, less than one sector more. */
 			KUNIT_EXPECT_GE(test, info.compressed_len, lens[i]);
 			KUNIT_EXPECT_LT(test, info.compressed_len, lens[i] + 512);
 			KUNIT_EXPECT_EQ(test, (info.host_offset + info.compressed_len) % 512, 0ULL);
@@ -493,6 +534,7 @@ static struct kunit_suite qcow2_format_suite = {
 	.name = "dm-qcow2dedup-format",
 	.test_cases = qcow2_format_cases,
 };
+
 kunit_test_suite(qcow2_format_suite);
 
 MODULE_DESCRIPTION("KUnit tests for dm-qcow2dedup's qcow2 decoders");
