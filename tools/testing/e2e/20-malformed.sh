@@ -102,7 +102,7 @@ malformed refcount-order-7 "Invalid refcount_order (must be 0..6)" 7 \
 malformed encrypted "Encrypted images are not supported" 1 $OFF_CRYPT:4:set:1
 malformed dirty "Image is dirty: run 'qemu-img check -r all' first" 1 \
 	$OFF_INCOMPAT:8:or:0x1
-malformed corrupt "Image is marked corrupt: run 'qemu-img check -r all' first" 2 \
+malformed corrupt "Image is marked corrupt: run 'qemu-img check -r all'" 2 \
 	$OFF_INCOMPAT:8:or:0x2
 malformed data-file "External data files are not supported" 4 $OFF_INCOMPAT:8:or:0x4
 malformed extended-l2 "Extended L2 entries (subclusters) are not supported" 16 \
