@@ -15,12 +15,13 @@
 # optional-argument cases use the valid copy with a bad table line.
 # Afterwards every copy must be bit-for-bit unchanged and the valid one must
 # still pass `qemu-img check`.
+# shellcheck source=tools/testing/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 PATCH=$E2E_DIR/qcow2_patch.py
 MAX_UBD=16
 
-# Field offsets in struct qcow2_header (include/qcow2dedup/qcow2.h).
+# Field offsets in struct qcow2_header (include/uapi/qcow2dedup/qcow2.h).
 OFF_MAGIC=0 OFF_VERSION=4 OFF_BACKING_OFFSET=8 OFF_BACKING_SIZE=16
 OFF_CLUSTER_BITS=20 OFF_CRYPT=32 OFF_L1_SIZE=36 OFF_L1_OFFSET=40
 OFF_REFTABLE_OFFSET=48 OFF_REFTABLE_CLUSTERS=56 OFF_NB_SNAPSHOTS=60
@@ -259,6 +260,7 @@ for ((b = 0; b < nboots; b++)); do
 					"${c_sect[c]}" "${c_extra[c]}" "${c_msg[c]}" "${c_value[c]}"
 			fi
 		done
+		# shellcheck disable=SC2016 # expands in the inner script
 		echo 'exit $failed'
 	} >"$inner"
 	chmod +x "$inner"
