@@ -47,7 +47,7 @@ e2e: uml
 	tools/testing/e2e/run-all
 
 smoke: module
-	tools/testing/smoke/run-scenario $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko
+	tools/testing/smoke/check-read $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko
 
 # In the kernel tree, as upstream review runs it (kernel API names are known there).
 checkpatch:

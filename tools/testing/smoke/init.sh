@@ -10,7 +10,8 @@
 # line SMOKE-RC=<status> and powers off.  Setup failures print
 # SMOKE-SETUP-FAILED: <what> before the marker.
 
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# --bin executables (/usr/local/bin) win over busybox applets of the same name.
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 # No udev here: libdevmapper creates and removes /dev/mapper nodes itself.
 export DM_DISABLE_UDEV=1
@@ -41,7 +42,8 @@ mount -t tmpfs tmpfs /run
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 
-SMOKE_DISKS= SMOKE_KO=
+SMOKE_DISKS=''
+SMOKE_KO=''
 # shellcheck source=/dev/null
 . /smoke/conf || setup_failed "cannot read /smoke/conf"
 export SMOKE_DISKS SMOKE_KO
