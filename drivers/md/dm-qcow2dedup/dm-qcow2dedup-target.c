@@ -4,25 +4,47 @@
  * device.
  *
  * This file is the device-mapper glue: constructor, map, deferred work,
- * status.  The qcow2 metadata lives behind qcow2-metadata.h and the on-disk
- * decoding in qcow2-format.c.
+ * modes and status.  The qcow2 metadata lives behind qcow2-metadata.h and
+ * the on-disk encoding in qcow2-format.c.
  *
- * I/O path.  dm splits every bio at cluster boundaries (max_io_len), so a
- * bio touches one guest cluster.  map() looks the cluster up in the cached
- * metadata without I/O: unallocated and zero clusters complete with zeros,
- * standard clusters are remapped to the device.  A bio whose L2 block is not
- * cached, or whose cluster is compressed, goes to the deferred list and is
- * handled by the worker, which may sleep.
+ * I/O path.  dm splits every read and write at cluster boundaries
+ * (max_io_len), so such a bio touches one guest cluster.  map() never
+ * blocks: it looks the cluster up in cached metadata; unallocated and zero
+ * clusters complete with zeros, standard clusters are remapped to the
+ * device, and writes to a cluster whose refcount is one (COPIED) go there
+ * in place.  Everything else goes to the deferred list of the single
+ * worker: cache misses, compressed clusters, writes that allocate or copy a
+ * cluster, discards, write-zeroes and flushes.
  *
- * This version is read-only: writes, discards and write-zeroes fail with an
- * I/O error, and the device is opened read-only, so the image is never
- * written.
+ * Allocating writes.  The worker allocates a cluster and writes the whole
+ * cluster there (the bio itself when it covers the cluster, else a buffer
+ * holding the old contents or zeros with the bio's data on top); once that
+ * write has completed, the new L2 entry is staged.  A guest cluster with such
+ * a write in flight is "busy": later bios for it wait on the operation.
+ *
+ * Durability.  Staged metadata reaches the disk in qcow2_md_commit(), which
+ * runs on REQ_PREFLUSH, for REQ_FUA writes, every commit period, when much
+ * is staged, and on suspend.  A flush or FUA bio completes only after it.
+ *
+ * Reuse of freed clusters.  Every bio remapped to a host cluster holds an
+ * SRCU read lock (srcu_down_read() in map, srcu_up_read() at end_io); a
+ * commit waits for the readers of clusters it is about to free, so a freed
+ * cluster is never reused while a bio still reads or writes it.
+ *
+ * Modes.  A metadata I/O error switches the target from "write" to
+ * "read-only" (writes fail, reads go on from what is in memory; nothing more
+ * is written to the metadata), and a second one to "fail" (all I/O fails).
  */
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
+#include <linux/dm-io.h>
 #include <linux/module.h>
+#include <linux/rbtree.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/srcu.h>
+#include <linux/vmalloc.h>
 #include <linux/workqueue.h>
 
 #include "qcow2-decompress.h"
@@ -30,23 +52,58 @@
 
 #define DM_MSG_PREFIX "qcow2dedup"
 
+/* Commit at least this often while something is staged. */
+#define COMMIT_PERIOD		HZ
+/* Commit when this many entries and decrements are staged. */
+#define COMMIT_THRESHOLD	4096
+/* Memory for buffered (partial-cluster) writes in flight. */
+#define BUFFERED_BYTES		(32U << 20)
+
+enum qcow2_mode {
+	MODE_WRITE,
+	MODE_READ_ONLY,
+	MODE_FAIL,
+};
+
+static const char * const mode_names[] = {
+	[MODE_WRITE] = "write",
+	[MODE_READ_ONLY] = "read-only",
+	[MODE_FAIL] = "fail",
+};
+
 struct qcow2dedup {
 	struct dm_target *ti;
 	struct dm_dev *dev;
 	struct qcow2_metadata *md;
 	const struct qcow2_geometry *geo;
+	bool writable;			/* the table was loaded read-write */
+	enum qcow2_mode mode;		/* READ_ONCE in map(); worker writes */
 
 	struct workqueue_struct *wq;
 	struct work_struct worker;
+	struct delayed_work waker;	/* commit period */
 
-	spinlock_t lock;		/* protects @deferred */
+	spinlock_t lock;		/* protects the three lists below */
 	struct bio_list deferred;
+	struct bio_list flushes;
+	struct list_head completed;	/* ops whose data write is done */
+
+	struct srcu_struct io_srcu;	/* bios remapped to host clusters */
+	struct bio_set bs;
+	struct dm_io_client *io;
 
 	/*
-	 * Worker-only state: the single work item serialises all users.
-	 * @cbuf holds compressed input (up to two clusters), @dbuf the last
-	 * decompressed cluster, valid while @dbuf_offset is non-zero.
+	 * Worker-only state: @busy holds the operations in flight by guest
+	 * cluster; @commit_waiters the bios that complete after the next
+	 * commit; @cbuf/@dbuf the compressed input and the last decompressed
+	 * cluster (valid while @dbuf_offset is non-zero).
 	 */
+	struct rb_root busy;
+	struct bio_list commit_waiters;
+	unsigned int buffered_ops;
+	unsigned int max_buffered_ops;
+	bool autoclear_done;
+	bool commit_due;
 	struct qcow2_decompressor *dc;
 	void *cbuf;
 	void *dbuf;
@@ -54,11 +111,51 @@ struct qcow2dedup {
 
 	atomic64_t reads_deferred;
 	atomic64_t reads_compressed;
+	atomic64_t clusters_allocated;
+	atomic64_t cow_copies;
 };
+
+/* Per-bio data. */
+struct qcow2_bio {
+	int srcu_idx;
+	bool srcu_held;
+	atomic_t remaining;		/* write-zeroes pieces in flight + 1 */
+	blk_status_t status;
+};
+
+/* A write of one whole cluster to a newly allocated host cluster. */
+struct qcow2_op {
+	struct rb_node node;		/* in @busy */
+	struct list_head list;		/* in @completed */
+	struct qcow2dedup *q;
+	u64 guest_cluster;
+	u64 host_off;
+	struct bio *bio;		/* the bio that started it */
+	struct bio_list waiters;	/* later bios for the same cluster */
+	void *buf;			/* buffered write, or NULL for a clone */
+	blk_status_t status;
+};
+
+static struct kmem_cache *op_cache;
+
+static struct qcow2_bio *pb(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct qcow2_bio));
+}
 
 static const char *dev_name_of(struct qcow2dedup *q)
 {
 	return dm_table_device_name(q->ti->table);
+}
+
+static u64 guest_offset(struct qcow2dedup *q, struct bio *bio)
+{
+	return (u64)dm_target_offset(q->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+}
+
+static void wake_worker(struct qcow2dedup *q)
+{
+	queue_work(q->wq, &q->worker);
 }
 
 static void defer_bio(struct qcow2dedup *q, struct bio *bio)
@@ -68,16 +165,86 @@ static void defer_bio(struct qcow2dedup *q, struct bio *bio)
 	spin_lock_irqsave(&q->lock, flags);
 	bio_list_add(&q->deferred, bio);
 	spin_unlock_irqrestore(&q->lock, flags);
-	atomic64_inc(&q->reads_deferred);
-	queue_work(q->wq, &q->worker);
+	wake_worker(q);
 }
 
-/* Copy the part of cluster @data that @bio covers into @bio and complete it. */
-static void complete_from_buffer(struct qcow2dedup *q, struct bio *bio,
-				 const void *data)
+/* A metadata I/O error: write -> read-only -> fail. */
+static void metadata_error(struct qcow2dedup *q, const char *what, int r)
 {
-	u64 off = qcow2_offset_in_cluster(q->geo,
-			(u64)dm_target_offset(q->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+	enum qcow2_mode old = q->mode, new = old == MODE_WRITE ? MODE_READ_ONLY : MODE_FAIL;
+
+	if (old == MODE_FAIL)
+		return;
+	WRITE_ONCE(q->mode, new);
+	DMERR("%s: metadata %s failed (%d): switching to %s mode", dev_name_of(q),
+	      what, r, mode_names[new]);
+}
+
+static void wait_for_readers(void *ctx)
+{
+	struct qcow2dedup *q = ctx;
+
+	synchronize_srcu(&q->io_srcu);
+}
+
+/* Remap @bio to host byte @host_off and hold the SRCU read lock until end_io. */
+static void remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
+		       int srcu_idx)
+{
+	pb(bio)->srcu_idx = srcu_idx;
+	pb(bio)->srcu_held = true;
+	bio_set_dev(bio, q->dev->bdev);
+	bio->bi_iter.bi_sector = host_off >> SECTOR_SHIFT;
+}
+
+/* Synchronous dm-io of @len bytes of kernel memory at device byte @off. */
+static int sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
+		   u64 len)
+{
+	struct dm_io_region region = {
+		.bdev = q->dev->bdev,
+		.sector = off >> SECTOR_SHIFT,
+		.count = len >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = opf,
+		.mem.type = is_vmalloc_addr(buf) ? DM_IO_VMA : DM_IO_KMEM,
+		.mem.ptr.addr = buf,
+		.client = q->io,
+	};
+
+	return dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+}
+
+/* Decompress the cluster behind @info into @q->dbuf (worker only). */
+static int load_compressed(struct qcow2dedup *q,
+			   const struct qcow2_l2e_info *info)
+{
+	u64 start = round_down(info->host_offset, SECTOR_SIZE);
+	u64 end = min(info->host_offset + info->compressed_len, q->geo->dev_size);
+	int r;
+
+	if (q->dbuf_offset == info->host_offset)
+		return 0;
+	q->dbuf_offset = 0;
+	r = sync_io(q, REQ_OP_READ, q->cbuf, start, round_up(end - start, SECTOR_SIZE));
+	if (r)
+		return r;
+	r = qcow2_decompress(q->dc, q->cbuf + (info->host_offset - start),
+			     end - info->host_offset, q->dbuf, q->geo->cluster_size);
+	if (r) {
+		DMERR_LIMIT("%s: corrupt compressed cluster at host offset %llu",
+			    dev_name_of(q), info->host_offset);
+		return r;
+	}
+	q->dbuf_offset = info->host_offset;
+	return 0;
+}
+
+/* Copy the part of cluster @data that @bio covers into @bio. */
+static void copy_to_bio(struct qcow2dedup *q, struct bio *bio, const void *data)
+{
+	u64 off = qcow2_offset_in_cluster(q->geo, guest_offset(q, bio));
 	struct bvec_iter iter;
 	struct bio_vec bv;
 
@@ -85,33 +252,18 @@ static void complete_from_buffer(struct qcow2dedup *q, struct bio *bio,
 		memcpy_to_bvec(&bv, data + off);
 		off += bv.bv_len;
 	}
-	bio_endio(bio);
 }
 
-/* Worker: read and decompress the cluster behind @info. */
-static int read_compressed(struct qcow2dedup *q, struct bio *bio,
-			   const struct qcow2_l2e_info *info)
+static void copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
 {
-	u64 len = min(info->compressed_len, q->geo->dev_size - info->host_offset);
-	int r;
+	u64 off = qcow2_offset_in_cluster(q->geo, guest_offset(q, bio));
+	struct bvec_iter iter;
+	struct bio_vec bv;
 
-	atomic64_inc(&q->reads_compressed);
-	if (q->dbuf_offset != info->host_offset) {
-		q->dbuf_offset = 0;
-		r = qcow2_md_read_bytes(q->md, info->host_offset, q->cbuf, len);
-		if (r)
-			return r;
-		r = qcow2_decompress(q->dc, q->cbuf, len, q->dbuf,
-				     q->geo->cluster_size);
-		if (r) {
-			DMERR_LIMIT("%s: corrupt compressed cluster at host offset %llu",
-				    dev_name_of(q), info->host_offset);
-			return r;
-		}
-		q->dbuf_offset = info->host_offset;
+	bio_for_each_segment(bv, bio, iter) {
+		memcpy_from_bvec(data + off, &bv);
+		off += bv.bv_len;
 	}
-	complete_from_buffer(q, bio, q->dbuf);
-	return 0;
 }
 
 /*
@@ -120,13 +272,22 @@ static int read_compressed(struct qcow2dedup *q, struct bio *bio,
  */
 static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 {
-	u64 off = (u64)dm_target_offset(q->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	u64 off = guest_offset(q, bio);
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
-	int r;
+	bool pending;
+	int idx, r;
 
-	r = qcow2_md_lookup(q->md, off, may_block, &type, &info);
+	idx = srcu_down_read(&q->io_srcu);
+	r = qcow2_md_lookup(q->md, off, may_block, &type, &info, &pending);
+	if (!r && type == QCOW2_CLUSTER_NORMAL) {
+		remap_held(q, bio, info.host_offset + qcow2_offset_in_cluster(q->geo, off), idx);
+		return DM_MAPIO_REMAPPED;
+	}
+	srcu_up_read(&q->io_srcu, idx);
+
 	if (r == -EWOULDBLOCK) {
+		atomic64_inc(&q->reads_deferred);
 		defer_bio(q, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
@@ -135,7 +296,6 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 			    dev_name_of(q), off, r);
 		return DM_MAPIO_KILL;
 	}
-
 	switch (type) {
 	case QCOW2_CLUSTER_UNALLOCATED:
 	case QCOW2_CLUSTER_ZERO_PLAIN:
@@ -143,20 +303,18 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 		zero_fill_bio(bio);
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
-	case QCOW2_CLUSTER_NORMAL:
-		bio_set_dev(bio, q->dev->bdev);
-		bio->bi_iter.bi_sector = (info.host_offset +
-			qcow2_offset_in_cluster(q->geo, off)) >> SECTOR_SHIFT;
-		return DM_MAPIO_REMAPPED;
 	case QCOW2_CLUSTER_COMPRESSED:
 		if (!may_block) {
+			atomic64_inc(&q->reads_deferred);
 			defer_bio(q, bio);
 			return DM_MAPIO_SUBMITTED;
 		}
-		if (read_compressed(q, bio, &info))
+		atomic64_inc(&q->reads_compressed);
+		if (load_compressed(q, &info))
 			return DM_MAPIO_KILL;
+		copy_to_bio(q, bio, q->dbuf);
+		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
-	case QCOW2_CLUSTER_INVALID:
 	default:
 		DMERR_LIMIT("%s: corrupt L2 entry for guest offset %llu",
 			    dev_name_of(q), off);
@@ -164,53 +322,598 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	}
 }
 
+/* Finish a bio the worker owns according to a DM_MAPIO_* code. */
+static void finish_mapped(struct bio *bio, int r)
+{
+	if (r == DM_MAPIO_REMAPPED)
+		dm_submit_bio_remap(bio, NULL);
+	else if (r == DM_MAPIO_KILL)
+		bio_io_error(bio);
+}
+
+/* Operations in flight, by guest cluster: rb_find()/rb_add() helpers. */
+static int op_cmp_key(const void *key, const struct rb_node *node)
+{
+	u64 gc = *(const u64 *)key;
+	u64 other = rb_entry(node, struct qcow2_op, node)->guest_cluster;
+
+	return gc < other ? -1 : gc > other;
+}
+
+static bool op_less(struct rb_node *a, const struct rb_node *b)
+{
+	return rb_entry(a, struct qcow2_op, node)->guest_cluster <
+	       rb_entry(b, struct qcow2_op, node)->guest_cluster;
+}
+
+static struct qcow2_op *busy_find(struct qcow2dedup *q, u64 gc)
+{
+	struct rb_node *n = rb_find(&gc, &q->busy, op_cmp_key);
+
+	return n ? rb_entry(n, struct qcow2_op, node) : NULL;
+}
+
+static void op_done(struct qcow2_op *op, blk_status_t status)
+{
+	struct qcow2dedup *q = op->q;
+	unsigned long flags;
+
+	op->status = status;
+	spin_lock_irqsave(&q->lock, flags);
+	list_add_tail(&op->list, &q->completed);
+	spin_unlock_irqrestore(&q->lock, flags);
+	wake_worker(q);
+}
+
+static void clone_endio(struct bio *clone)
+{
+	struct qcow2_op *op = clone->bi_private;
+	blk_status_t status = clone->bi_status;
+
+	bio_put(clone);
+	op_done(op, status);
+}
+
+static void buffered_endio(unsigned long error, void *context)
+{
+	op_done(context, error ? BLK_STS_IOERR : BLK_STS_OK);
+}
+
+/* Complete one piece of a bio that may have several (write-zeroes). */
+static void piece_done(struct bio *bio, blk_status_t status)
+{
+	struct qcow2_bio *p = pb(bio);
+
+	if (status)
+		p->status = status;
+	if (atomic_dec_and_test(&p->remaining)) {
+		bio->bi_status = p->status;
+		bio_endio(bio);
+	}
+}
+
+/* Allocate a cluster; if none is free, commit staged frees and retry once. */
+static int alloc_cluster(struct qcow2dedup *q, u64 *host_off)
+{
+	int r = qcow2_md_alloc(q->md, host_off);
+
+	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+		r = qcow2_md_commit(q->md, false);
+		if (r) {
+			metadata_error(q, "commit", r);
+			return r;
+		}
+		r = qcow2_md_alloc(q->md, host_off);
+	}
+	return r;
+}
+
+static blk_status_t alloc_error(struct qcow2dedup *q, int r)
+{
+	if (r == -ENOSPC) {
+		DMERR_LIMIT("%s: no free cluster on the device", dev_name_of(q));
+		return BLK_STS_NOSPC;
+	}
+	if (r == -ENOMEM)
+		return BLK_STS_RESOURCE;
+	metadata_error(q, "allocation", r);
+	return BLK_STS_IOERR;
+}
+
+/* Fill @buf with the current contents of the cluster described by @type/@info. */
+static int read_old_cluster(struct qcow2dedup *q, enum qcow2_cluster_type type,
+			    const struct qcow2_l2e_info *info, void *buf)
+{
+	int r;
+
+	switch (type) {
+	case QCOW2_CLUSTER_NORMAL:
+		return sync_io(q, REQ_OP_READ, buf, info->host_offset,
+			       q->geo->cluster_size);
+	case QCOW2_CLUSTER_COMPRESSED:
+		r = load_compressed(q, info);
+		if (!r)
+			memcpy(buf, q->dbuf, q->geo->cluster_size);
+		return r;
+	default:
+		memset(buf, 0, q->geo->cluster_size);
+		return 0;
+	}
+}
+
+/*
+ * Start writing guest cluster @gc (the range [@in, @in + @len) of which
+ * comes from @bio, or zeros if @zeroes) to a new host cluster.  The old
+ * mapping is @type/@info.  Return: 0 if started, -EAGAIN if too many
+ * buffered writes are in flight, or a block status error in @*status.
+ */
+static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
+		    u64 len, bool zeroes, enum qcow2_cluster_type type,
+		    const struct qcow2_l2e_info *info, blk_status_t *status)
+{
+	u64 cs = q->geo->cluster_size, guest_off = gc << q->geo->cluster_bits;
+	bool whole = !zeroes && !in && len == cs;
+	unsigned int noio;
+	struct qcow2_op *op;
+	int r;
+
+	if (!whole && q->buffered_ops >= q->max_buffered_ops)
+		return -EAGAIN;
+	op = kmem_cache_zalloc(op_cache, GFP_NOIO);
+	if (!op) {
+		*status = BLK_STS_RESOURCE;
+		return -ENOMEM;
+	}
+	op->q = q;
+	op->guest_cluster = gc;
+	op->bio = bio;
+	bio_list_init(&op->waiters);
+	if (!whole) {
+		noio = memalloc_noio_save();
+		op->buf = kvmalloc(cs, GFP_KERNEL);
+		memalloc_noio_restore(noio);
+		if (!op->buf) {
+			kmem_cache_free(op_cache, op);
+			*status = BLK_STS_RESOURCE;
+			return -ENOMEM;
+		}
+		r = read_old_cluster(q, type, info, op->buf);
+		if (r) {
+			*status = BLK_STS_IOERR;
+			goto bad;
+		}
+		if (zeroes)
+			memset(op->buf + in, 0, len);
+		else
+			copy_from_bio(q, bio, op->buf);
+	}
+
+	r = qcow2_md_prepare_write(q->md, guest_off);
+	if (r == -ENOSPC && qcow2_md_dirty(q->md) && !qcow2_md_commit(q->md, false))
+		r = qcow2_md_prepare_write(q->md, guest_off);
+	if (!r)
+		r = alloc_cluster(q, &op->host_off);
+	if (r) {
+		*status = alloc_error(q, r);
+		goto bad;
+	}
+	atomic64_inc(&q->clusters_allocated);
+	if (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED)
+		atomic64_inc(&q->cow_copies);
+	rb_add(&op->node, &q->busy, op_less);
+
+	if (whole) {
+		struct bio *clone = bio_alloc_clone(q->dev->bdev, bio, GFP_NOIO, &q->bs);
+
+		clone->bi_opf &= ~(REQ_FUA | REQ_PREFLUSH);
+		clone->bi_iter.bi_sector = op->host_off >> SECTOR_SHIFT;
+		clone->bi_end_io = clone_endio;
+		clone->bi_private = op;
+		submit_bio_noacct(clone);
+	} else {
+		struct dm_io_region region = {
+			.bdev = q->dev->bdev,
+			.sector = op->host_off >> SECTOR_SHIFT,
+			.count = cs >> SECTOR_SHIFT,
+		};
+		struct dm_io_request req = {
+			.bi_opf = REQ_OP_WRITE,
+			.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
+			.mem.ptr.addr = op->buf,
+			.notify.fn = buffered_endio,
+			.notify.context = op,
+			.client = q->io,
+		};
+
+		q->buffered_ops++;
+		dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+	}
+	return 0;
+bad:
+	kvfree(op->buf);
+	kmem_cache_free(op_cache, op);
+	return -EIO;
+}
+
+/* The data write of @op is done: stage the new mapping and wake waiters. */
+static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	u64 guest_off = op->guest_cluster << q->geo->cluster_bits;
+	blk_status_t status = op->status;
+	unsigned long flags;
+	int r;
+
+	rb_erase(&op->node, &q->busy);
+	if (op->buf) {
+		q->buffered_ops--;
+		kvfree(op->buf);
+	}
+	if (status) {
+		qcow2_md_release(q->md, op->host_off);
+	} else if (READ_ONCE(q->mode) != MODE_WRITE) {
+		status = BLK_STS_IOERR;
+	} else {
+		r = qcow2_md_stage(q->md, guest_off, QCOW2_CLUSTER_NORMAL, op->host_off);
+		if (r) {
+			metadata_error(q, "update", r);
+			status = BLK_STS_IOERR;
+		}
+	}
+
+	if (bio_op(op->bio) == REQ_OP_WRITE_ZEROES) {
+		piece_done(op->bio, status);
+	} else if (status) {
+		op->bio->bi_status = status;
+		bio_endio(op->bio);
+	} else if (op->bio->bi_opf & REQ_FUA) {
+		bio_list_add(&q->commit_waiters, op->bio);
+	} else {
+		bio_endio(op->bio);
+	}
+
+	/* Bios that waited for this cluster go first, in their order. */
+	if (!bio_list_empty(&op->waiters)) {
+		spin_lock_irqsave(&q->lock, flags);
+		bio_list_merge_head(&q->deferred, &op->waiters);
+		spin_unlock_irqrestore(&q->lock, flags);
+	}
+	kmem_cache_free(op_cache, op);
+}
+
+/* First write of this activation: clear unknown autoclear bits first. */
+static int before_first_write(struct qcow2dedup *q)
+{
+	int r;
+
+	if (q->autoclear_done)
+		return 0;
+	r = qcow2_md_clear_autoclear(q->md);
+	if (r) {
+		metadata_error(q, "header update", r);
+		return r;
+	}
+	WRITE_ONCE(q->autoclear_done, true);
+	return 0;
+}
+
+/* Worker: a write of one cluster or part of it.  Returns -EAGAIN to retry later. */
+static int process_write(struct qcow2dedup *q, struct bio *bio)
+{
+	u64 off = guest_offset(q, bio), gc = off >> q->geo->cluster_bits;
+	u64 in = qcow2_offset_in_cluster(q->geo, off);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	blk_status_t status = BLK_STS_IOERR;
+	struct qcow2_op *op;
+	bool pending;
+	int idx, r;
+
+	if (READ_ONCE(q->mode) != MODE_WRITE || before_first_write(q))
+		goto fail;
+	op = busy_find(q, gc);
+	if (op) {
+		bio_list_add(&op->waiters, bio);
+		return 0;
+	}
+
+	/*
+	 * In place, FUA needs the mapping on disk too: commit first (not
+	 * under the SRCU read lock, which a commit may wait for).
+	 */
+	if ((bio->bi_opf & REQ_FUA) &&
+	    !qcow2_md_lookup(q->md, off, true, &type, &info, &pending) &&
+	    pending && type == QCOW2_CLUSTER_NORMAL && info.copied) {
+		r = qcow2_md_commit(q->md, false);
+		if (r) {
+			metadata_error(q, "commit", r);
+			goto fail;
+		}
+	}
+	idx = srcu_down_read(&q->io_srcu);
+	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
+	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied) {
+		remap_held(q, bio, info.host_offset + in, idx);
+		dm_submit_bio_remap(bio, NULL);
+		return 0;
+	}
+	srcu_up_read(&q->io_srcu, idx);
+	if (r) {
+		metadata_error(q, "read", r);
+		goto fail;
+	}
+	if (type == QCOW2_CLUSTER_INVALID) {
+		DMERR_LIMIT("%s: corrupt L2 entry for guest offset %llu",
+			    dev_name_of(q), off);
+		goto fail;
+	}
+	r = start_op(q, bio, gc, in, bio->bi_iter.bi_size, false, type, &info, &status);
+	if (r == -EAGAIN)
+		return r;
+	if (r)
+		goto fail;
+	return 0;
+fail:
+	bio->bi_status = status;
+	bio_endio(bio);
+	return 0;
+}
+
+/*
+ * Worker: discard or write-zeroes, any range.  Whole clusters are
+ * deallocated (write-zeroes on v3: the zero flag); the parts of clusters at
+ * the ends are left alone by discard and written with zeros by write-zeroes.
+ * A busy cluster in the range parks the whole bio, which is safe to redo.
+ */
+static int process_discard(struct qcow2dedup *q, struct bio *bio)
+{
+	bool zeroes = bio_op(bio) == REQ_OP_WRITE_ZEROES;
+	u64 cs = q->geo->cluster_size, start = guest_offset(q, bio);
+	u64 end = start + bio->bi_iter.bi_size, off, gc;
+	enum qcow2_cluster_type type, deallocated;
+	struct qcow2_bio *p = pb(bio);
+	struct qcow2_l2e_info info;
+	blk_status_t status;
+	bool pending;
+	int r;
+
+	if (READ_ONCE(q->mode) != MODE_WRITE || before_first_write(q)) {
+		bio_io_error(bio);
+		return 0;
+	}
+	for (gc = start >> q->geo->cluster_bits; gc << q->geo->cluster_bits < end; gc++) {
+		struct qcow2_op *op = busy_find(q, gc);
+
+		if (op) {
+			bio_list_add(&op->waiters, bio);
+			return 0;
+		}
+	}
+
+	deallocated = zeroes && q->geo->version >= 3 ? QCOW2_CLUSTER_ZERO_PLAIN :
+						       QCOW2_CLUSTER_UNALLOCATED;
+	atomic_set(&p->remaining, 1);
+	p->status = BLK_STS_OK;
+	for (off = start; off < end; off = round_down(off, cs) + cs) {
+		u64 in = off & (cs - 1), len = min(cs - in, end - off);
+
+		r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
+		if (r) {
+			metadata_error(q, "read", r);
+			p->status = BLK_STS_IOERR;
+			break;
+		}
+		if (type == QCOW2_CLUSTER_UNALLOCATED || type == QCOW2_CLUSTER_ZERO_PLAIN ||
+		    (zeroes && len < cs && type == QCOW2_CLUSTER_ZERO_ALLOC))
+			continue;
+		if (type == QCOW2_CLUSTER_INVALID) {
+			p->status = BLK_STS_IOERR;
+			continue;
+		}
+		if (len == cs) {
+			r = qcow2_md_prepare_write(q->md, off);
+			if (!r)
+				r = qcow2_md_stage(q->md, off, deallocated, 0);
+			if (r) {
+				p->status = alloc_error(q, r);
+				break;
+			}
+			continue;
+		}
+		if (!zeroes)
+			continue;
+		if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
+			/* Synchronous in place: the worker owns the cluster here. */
+			r = blkdev_issue_zeroout(q->dev->bdev,
+						 (info.host_offset + in) >> SECTOR_SHIFT,
+						 len >> SECTOR_SHIFT, GFP_NOIO,
+						 BLKDEV_ZERO_NOUNMAP);
+			if (r)
+				p->status = BLK_STS_IOERR;
+			continue;
+		}
+		atomic_inc(&p->remaining);
+		status = BLK_STS_IOERR;
+		/* Buffered writes beyond the limit are fine here: few and small. */
+		q->max_buffered_ops++;
+		r = start_op(q, bio, off >> q->geo->cluster_bits, in, len, true,
+			     type, &info, &status);
+		q->max_buffered_ops--;
+		if (r)
+			piece_done(bio, status);
+	}
+	piece_done(bio, BLK_STS_OK);
+	return 0;
+}
+
+static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
+{
+	blk_status_t status = BLK_STS_OK;
+	struct bio *bio;
+	int r;
+
+	if (q->writable && READ_ONCE(q->mode) == MODE_WRITE) {
+		r = qcow2_md_commit(q->md, false);
+		if (r) {
+			metadata_error(q, "commit", r);
+			status = BLK_STS_IOERR;
+		}
+	} else if (q->writable && qcow2_md_dirty(q->md)) {
+		status = BLK_STS_IOERR;
+	}
+	q->commit_due = false;
+	while ((bio = bio_list_pop(&q->commit_waiters))) {
+		bio->bi_status = status;
+		bio_endio(bio);
+	}
+	while ((bio = bio_list_pop(flushes))) {
+		bio->bi_status = status;
+		bio_endio(bio);
+	}
+}
+
 static void do_worker(struct work_struct *ws)
 {
 	struct qcow2dedup *q = container_of(ws, struct qcow2dedup, worker);
-	struct bio_list bios = BIO_EMPTY_LIST;
+	struct bio_list bios = BIO_EMPTY_LIST, flushes = BIO_EMPTY_LIST;
+	struct qcow2_op *op, *tmp;
+	LIST_HEAD(completed);
 	struct bio *bio;
 
 	spin_lock_irq(&q->lock);
+	list_splice_init(&q->completed, &completed);
+	spin_unlock_irq(&q->lock);
+	list_for_each_entry_safe(op, tmp, &completed, list)
+		finish_op(q, op);
+
+	spin_lock_irq(&q->lock);
 	bio_list_merge_init(&bios, &q->deferred);
+	bio_list_merge_init(&flushes, &q->flushes);
 	spin_unlock_irq(&q->lock);
 
 	while ((bio = bio_list_pop(&bios))) {
-		switch (map_read(q, bio, true)) {
-		case DM_MAPIO_REMAPPED:
-			dm_submit_bio_remap(bio, NULL);
+		int r = 0;
+
+		switch (bio_op(bio)) {
+		case REQ_OP_READ:
+			finish_mapped(bio, map_read(q, bio, true));
 			break;
-		case DM_MAPIO_KILL:
-			bio_io_error(bio);
+		case REQ_OP_WRITE:
+			r = process_write(q, bio);
 			break;
 		default:
+			r = process_discard(q, bio);
+			break;
+		}
+		if (r == -EAGAIN) {
+			/* Throttled: keep this and the rest, in order, for later. */
+			bio_list_add_head(&bios, bio);
+			spin_lock_irq(&q->lock);
+			bio_list_merge_head(&q->deferred, &bios);
+			spin_unlock_irq(&q->lock);
 			break;
 		}
 		cond_resched();
 	}
+
+	if (!bio_list_empty(&flushes) || !bio_list_empty(&q->commit_waiters) ||
+	    (q->commit_due && qcow2_md_dirty(q->md)) ||
+	    qcow2_md_nr_pending(q->md) >= COMMIT_THRESHOLD)
+		commit_and_complete(q, &flushes);
+}
+
+static void do_waker(struct work_struct *ws)
+{
+	struct qcow2dedup *q = container_of(to_delayed_work(ws), struct qcow2dedup, waker);
+
+	q->commit_due = true;
+	wake_worker(q);
+	queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
 }
 
 static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 {
 	struct qcow2dedup *q = ti->private;
+	enum qcow2_mode mode = READ_ONCE(q->mode);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	unsigned long flags;
+	bool pending;
+	int idx;
+
+	pb(bio)->srcu_held = false;
+	if (mode == MODE_FAIL)
+		return DM_MAPIO_KILL;
 
 	if (bio->bi_opf & REQ_PREFLUSH) {
-		if (bio_op(bio) == REQ_OP_WRITE && !bio_sectors(bio)) {
+		if (!q->writable) {
 			bio_set_dev(bio, q->dev->bdev);
 			return DM_MAPIO_REMAPPED;
 		}
+		spin_lock_irqsave(&q->lock, flags);
+		bio_list_add(&q->flushes, bio);
+		spin_unlock_irqrestore(&q->lock, flags);
+		wake_worker(q);
+		return DM_MAPIO_SUBMITTED;
 	}
-	if (bio_op(bio) != REQ_OP_READ) {
-		DMERR_LIMIT("%s: %s refused: this version of the target is read-only",
-			    dev_name_of(q), blk_op_str(bio_op(bio)));
+
+	switch (bio_op(bio)) {
+	case REQ_OP_READ:
+		return map_read(q, bio, false);
+	case REQ_OP_WRITE:
+		break;
+	case REQ_OP_DISCARD:
+	case REQ_OP_WRITE_ZEROES:
+		if (mode != MODE_WRITE || !q->writable)
+			return DM_MAPIO_KILL;
+		defer_bio(q, bio);
+		return DM_MAPIO_SUBMITTED;
+	default:
 		return DM_MAPIO_KILL;
 	}
-	return map_read(q, bio, false);
+
+	if (!q->writable || mode != MODE_WRITE) {
+		DMERR_LIMIT("%s: write refused: the target is in %s mode",
+			    dev_name_of(q), q->writable ? mode_names[mode] : "read-only");
+		return DM_MAPIO_KILL;
+	}
+	/* Fast path: in place into a cluster whose refcount is one. */
+	idx = srcu_down_read(&q->io_srcu);
+	if (READ_ONCE(q->autoclear_done) &&
+	    !qcow2_md_lookup(q->md, guest_offset(q, bio), false, &type, &info, &pending) &&
+	    type == QCOW2_CLUSTER_NORMAL && info.copied &&
+	    !(pending && (bio->bi_opf & REQ_FUA))) {
+		remap_held(q, bio, info.host_offset +
+			   qcow2_offset_in_cluster(q->geo, guest_offset(q, bio)), idx);
+		return DM_MAPIO_REMAPPED;
+	}
+	srcu_up_read(&q->io_srcu, idx);
+	defer_bio(q, bio);
+	return DM_MAPIO_SUBMITTED;
+}
+
+static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
+			     blk_status_t *error)
+{
+	struct qcow2dedup *q = ti->private;
+	struct qcow2_bio *p = pb(bio);
+
+	if (p->srcu_held) {
+		p->srcu_held = false;
+		srcu_up_read(&q->io_srcu, p->srcu_idx);
+	}
+	return DM_ENDIO_DONE;
 }
 
 static void qcow2dedup_free(struct qcow2dedup *q)
 {
-	if (q->wq)
+	if (q->wq) {
+		cancel_delayed_work_sync(&q->waker);
 		destroy_workqueue(q->wq);
+	}
+	if (q->io)
+		dm_io_client_destroy(q->io);
+	bioset_exit(&q->bs);
+	cleanup_srcu_struct(&q->io_srcu);
 	qcow2_decompressor_destroy(q->dc);
 	kvfree(q->cbuf);
 	kvfree(q->dbuf);
@@ -264,23 +967,34 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	q->ti = ti;
 	spin_lock_init(&q->lock);
 	bio_list_init(&q->deferred);
+	bio_list_init(&q->flushes);
+	bio_list_init(&q->commit_waiters);
+	INIT_LIST_HEAD(&q->completed);
 	INIT_WORK(&q->worker, do_worker);
-	atomic64_set(&q->reads_deferred, 0);
-	atomic64_set(&q->reads_compressed, 0);
+	INIT_DELAYED_WORK(&q->waker, do_waker);
+	q->busy = RB_ROOT;
+	r = init_srcu_struct(&q->io_srcu);
+	if (r) {
+		kfree(q);
+		ti->error = "Cannot initialise SRCU";
+		return r;
+	}
 
 	path = dm_shift_arg(&as);
 	r = parse_options(ti, &as);
 	if (r)
 		goto bad;
 
-	/* Read-only open: this version never writes to the image. */
-	r = dm_get_device(ti, path, BLK_OPEN_READ, &q->dev);
+	q->writable = dm_table_get_mode(ti->table) & BLK_OPEN_WRITE;
+	q->mode = MODE_WRITE;
+	r = dm_get_device(ti, path, dm_table_get_mode(ti->table), &q->dev);
 	if (r) {
 		ti->error = "Device lookup failed";
 		goto bad;
 	}
 
-	q->md = qcow2_md_open(q->dev->bdev, ti->len, &why);
+	q->md = qcow2_md_open(q->dev->bdev, ti->len, q->writable, wait_for_readers,
+			      q, &why);
 	if (IS_ERR(q->md)) {
 		r = PTR_ERR(q->md);
 		q->md = NULL;
@@ -305,10 +1019,22 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 
 	r = -ENOMEM;
 	q->dc = qcow2_decompressor_create(q->geo->compression_type);
-	q->cbuf = kvmalloc(2 * q->geo->cluster_size, GFP_KERNEL);
+	q->cbuf = kvmalloc(2 * q->geo->cluster_size + SECTOR_SIZE, GFP_KERNEL);
 	q->dbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
 	if (!q->dc || !q->cbuf || !q->dbuf) {
 		ti->error = "Cannot allocate decompression buffers";
+		goto bad;
+	}
+	q->max_buffered_ops = clamp_t(u64, BUFFERED_BYTES >> q->geo->cluster_bits, 4, 256);
+	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS)) {
+		ti->error = "Cannot allocate bio set";
+		goto bad;
+	}
+	q->io = dm_io_client_create();
+	if (IS_ERR(q->io)) {
+		r = PTR_ERR(q->io);
+		q->io = NULL;
+		ti->error = "Cannot create dm-io client";
 		goto bad;
 	}
 	q->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 0);
@@ -318,6 +1044,13 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 
 	ti->num_flush_bios = 1;
+	ti->flush_supported = true;
+	ti->per_io_data_size = sizeof(struct qcow2_bio);
+	if (q->writable) {
+		ti->num_discard_bios = 1;
+		ti->discards_supported = true;
+		ti->num_write_zeroes_bios = 1;
+	}
 	ti->private = q;
 	return 0;
 bad:
@@ -325,9 +1058,33 @@ bad:
 	return r;
 }
 
+/* Write back everything; called with no I/O in flight. */
+static void final_commit(struct qcow2dedup *q)
+{
+	int r;
+
+	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE)
+		return;
+	r = qcow2_md_commit(q->md, true);
+	if (r)
+		metadata_error(q, "commit", r);
+}
+
 static void qcow2dedup_dtr(struct dm_target *ti)
 {
-	qcow2dedup_free(ti->private);
+	struct qcow2dedup *q = ti->private;
+
+	cancel_delayed_work_sync(&q->waker);
+	flush_workqueue(q->wq);
+	final_commit(q);
+	qcow2dedup_free(q);
+}
+
+static void qcow2dedup_presuspend(struct dm_target *ti)
+{
+	struct qcow2dedup *q = ti->private;
+
+	cancel_delayed_work_sync(&q->waker);
 }
 
 static void qcow2dedup_postsuspend(struct dm_target *ti)
@@ -335,11 +1092,22 @@ static void qcow2dedup_postsuspend(struct dm_target *ti)
 	struct qcow2dedup *q = ti->private;
 
 	flush_workqueue(q->wq);
+	final_commit(q);
+}
+
+static void qcow2dedup_resume(struct dm_target *ti)
+{
+	struct qcow2dedup *q = ti->private;
+
+	if (q->writable)
+		queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
 }
 
 /*
  * Status:
- *   INFO:  <mode> <qcow2_version> <cluster_size> <reads_deferred> <reads_compressed>
+ *   INFO:  <mode> <qcow2_version> <cluster_size> <used_clusters>/<device_clusters>
+ *	    <staged> <clusters_allocated> <cow_copies> <reads_deferred>
+ *	    <reads_compressed>
  *   TABLE: <dev>
  */
 static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
@@ -347,12 +1115,23 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 			      unsigned int maxlen)
 {
 	struct qcow2dedup *q = ti->private;
+	const char *mode = q->writable ? mode_names[READ_ONCE(q->mode)] : "read-only";
 	unsigned int sz = 0;
+	u64 used = 0, total = 0;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		DMEMIT("read-only %u %llu %lld %lld", q->geo->version,
-		       q->geo->cluster_size,
+		if (q->writable)
+			qcow2_md_usage(q->md, &used, &total);
+		DMEMIT("%s %u %llu ", mode, q->geo->version, q->geo->cluster_size);
+		if (q->writable)
+			DMEMIT("%llu/%llu %lu ", used, total,
+			       qcow2_md_nr_pending(q->md));
+		else
+			DMEMIT("-/- 0 ");
+		DMEMIT("%lld %lld %lld %lld",
+		       (long long)atomic64_read(&q->clusters_allocated),
+		       (long long)atomic64_read(&q->cow_copies),
 		       (long long)atomic64_read(&q->reads_deferred),
 		       (long long)atomic64_read(&q->reads_compressed));
 		break;
@@ -361,7 +1140,7 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",dev=%s,mode=read-only;", q->dev->name);
+		DMEMIT(",dev=%s,mode=%s;", q->dev->name, mode);
 		break;
 	}
 }
@@ -378,23 +1157,61 @@ static void qcow2dedup_io_hints(struct dm_target *ti,
 				struct queue_limits *limits)
 {
 	struct qcow2dedup *q = ti->private;
+	u64 cs = q->geo->cluster_size;
 
-	limits->io_opt = q->geo->cluster_size;
+	limits->io_opt = cs;
+	/*
+	 * 4 KiB physical blocks where clusters and the disk size allow; the
+	 * logical block size stays 512 bytes, as QEMU presents the disk.
+	 */
+	if (cs >= 4096 && !(q->geo->size & 4095)) {
+		limits->physical_block_size = 4096;
+		limits->io_min = 4096;
+	}
+	if (q->writable) {
+		limits->discard_granularity = cs;
+		limits->max_hw_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
+	}
 }
 
 static struct target_type qcow2dedup_target = {
 	.name = "qcow2dedup",
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2dedup_ctr,
 	.dtr = qcow2dedup_dtr,
 	.map = qcow2dedup_map,
+	.end_io = qcow2dedup_end_io,
+	.presuspend = qcow2dedup_presuspend,
 	.postsuspend = qcow2dedup_postsuspend,
+	.presuspend_undo = qcow2dedup_resume,
+	.resume = qcow2dedup_resume,
 	.status = qcow2dedup_status,
 	.iterate_devices = qcow2dedup_iterate_devices,
 	.io_hints = qcow2dedup_io_hints,
 };
-module_dm(qcow2dedup);
+
+static int __init dm_qcow2dedup_init(void)
+{
+	int r;
+
+	op_cache = KMEM_CACHE(qcow2_op, 0);
+	if (!op_cache)
+		return -ENOMEM;
+	r = dm_register_target(&qcow2dedup_target);
+	if (r)
+		kmem_cache_destroy(op_cache);
+	return r;
+}
+
+static void __exit dm_qcow2dedup_exit(void)
+{
+	dm_unregister_target(&qcow2dedup_target);
+	kmem_cache_destroy(op_cache);
+}
+
+module_init(dm_qcow2dedup_init);
+module_exit(dm_qcow2dedup_exit);
 
 MODULE_DESCRIPTION(DM_NAME " qcow2 image target with inline deduplication");
 MODULE_AUTHOR("dm-qcow2dedup developers");

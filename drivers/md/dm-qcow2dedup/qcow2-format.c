@@ -47,6 +47,7 @@ static char * const qcow2_err_strs[QCOW2_ERR_MAX] = {
 	[QCOW2_ERR_EXTENSION]		= "Invalid header extension",
 	[QCOW2_ERR_L1_ENTRY]		= "Invalid L1 table entry",
 	[QCOW2_ERR_TABLE_LENGTH]	= "Target length does not match the image's virtual size",
+	[QCOW2_ERR_REFTABLE_ENTRY]	= "Invalid refcount table entry",
 };
 
 /**
@@ -348,6 +349,7 @@ enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
 	u64 off;
 
 	memset(info, 0, sizeof(*info));
+	info->raw = l2e;
 	info->copied = !!(l2e & QCOW2_OFLAG_COPIED);
 
 	if (l2e & QCOW2_OFLAG_COMPRESSED) {
@@ -376,3 +378,162 @@ enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
 	return off ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_l2_entry);
+
+/**
+ * qcow2_encode_l2_entry() - the L2 entry for a standard or zero cluster.
+ * @type: QCOW2_CLUSTER_NORMAL, ZERO_PLAIN, ZERO_ALLOC or UNALLOCATED.
+ * @host_offset: cluster-aligned host offset (0 for ZERO_PLAIN/UNALLOCATED).
+ * @copied: refcount of @host_offset is exactly one.
+ *
+ * Return: the entry in CPU order; reserved bits are always zero.
+ */
+u64 qcow2_encode_l2_entry(enum qcow2_cluster_type type, u64 host_offset,
+			  bool copied)
+{
+	u64 e = host_offset & QCOW2_L2E_OFFSET_MASK;
+
+	switch (type) {
+	case QCOW2_CLUSTER_ZERO_PLAIN:
+		return QCOW2_OFLAG_ZERO;
+	case QCOW2_CLUSTER_ZERO_ALLOC:
+		e |= QCOW2_OFLAG_ZERO;
+		break;
+	case QCOW2_CLUSTER_NORMAL:
+		break;
+	default:
+		return 0;
+	}
+	return copied ? e | QCOW2_OFLAG_COPIED : e;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_encode_l2_entry);
+
+/**
+ * qcow2_encode_l1_entry() - the L1 entry for an L2 table.
+ * @l2_offset: cluster-aligned offset of the table, 0 for none.
+ * @copied: refcount of the table is exactly one.
+ */
+u64 qcow2_encode_l1_entry(u64 l2_offset, bool copied)
+{
+	u64 e = l2_offset & QCOW2_L1E_OFFSET_MASK;
+
+	return e && copied ? e | QCOW2_OFLAG_COPIED : e;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_encode_l1_entry);
+
+/**
+ * qcow2_compressed_range() - host bytes whose clusters a compressed cluster
+ *	holds a reference on.
+ * @g: geometry.
+ * @l2e: a compressed L2 entry.
+ * @start: first byte, sector-aligned, as QEMU frees it.
+ * @len: bytes.
+ *
+ * QEMU raises the refcount of every host cluster these bytes touch when it
+ * writes a compressed cluster, and lowers them when it frees one.
+ */
+void qcow2_compressed_range(const struct qcow2_geometry *g, u64 l2e,
+			    u64 *start, u64 *len)
+{
+	u32 shift = 62 - (g->cluster_bits - 8);
+	u64 nb_sectors = ((l2e >> shift) & (BIT_ULL(g->cluster_bits - 8) - 1)) + 1;
+
+	*start = (l2e & (BIT_ULL(shift) - 1)) & ~(u64)(QCOW2_COMPRESSED_SECTOR_SIZE - 1);
+	*len = nb_sectors * QCOW2_COMPRESSED_SECTOR_SIZE;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_compressed_range);
+
+/**
+ * qcow2_refcount_get() - read refcount @index of a refcount block.
+ * @block: the refcount block, or the part of it that holds @index
+ *	(entries never straddle 512-byte boundaries).
+ * @refcount_order: log2 of the refcount width in bits, 0..6.
+ * @index: index of the entry within @block.
+ *
+ * Context: any; pure function.
+ */
+u64 qcow2_refcount_get(const void *block, u32 refcount_order, u64 index)
+{
+	const u8 *b = block;
+	u32 width = 1U << refcount_order;
+
+	switch (refcount_order) {
+	case 0:
+	case 1:
+	case 2:
+		return (b[(index << refcount_order) / 8] >>
+			((index << refcount_order) % 8)) & (BIT(width) - 1);
+	case 3:
+		return b[index];
+	case 4:
+		return get_unaligned_be16(b + index * 2);
+	case 5:
+		return get_unaligned_be32(b + index * 4);
+	default:
+		return get_unaligned_be64(b + index * 8);
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_refcount_get);
+
+/**
+ * qcow2_refcount_set() - write refcount @index of a refcount block.
+ * @block: as for qcow2_refcount_get().
+ * @refcount_order: log2 of the refcount width in bits, 0..6.
+ * @index: index of the entry within @block.
+ * @value: the new refcount; the caller keeps it within
+ *	qcow2_refcount_max(@refcount_order).
+ *
+ * Context: any; pure function.
+ */
+void qcow2_refcount_set(void *block, u32 refcount_order, u64 index, u64 value)
+{
+	u8 *b = block;
+	u32 width = 1U << refcount_order, shift;
+	u8 mask;
+
+	switch (refcount_order) {
+	case 0:
+	case 1:
+	case 2:
+		shift = (index << refcount_order) % 8;
+		mask = (BIT(width) - 1) << shift;
+		b += (index << refcount_order) / 8;
+		*b = (*b & ~mask) | ((value << shift) & mask);
+		break;
+	case 3:
+		b[index] = value;
+		break;
+	case 4:
+		put_unaligned_be16(value, b + index * 2);
+		break;
+	case 5:
+		put_unaligned_be32(value, b + index * 4);
+		break;
+	default:
+		put_unaligned_be64(value, b + index * 8);
+		break;
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_refcount_set);
+
+/**
+ * qcow2_reftable_clusters_for() - refcount table size, in clusters, that
+ *	describes @clusters host clusters.
+ * @g: geometry (cluster size and refcount width).
+ * @clusters: number of host clusters to cover.
+ *
+ * Return: the number of clusters; 0 if more than QEMU's 8 MiB limit.
+ */
+u64 qcow2_reftable_clusters_for(const struct qcow2_geometry *g, u64 clusters)
+{
+	u32 rb_bits = qcow2_refblock_bits(g);
+	u64 blocks = (clusters >> rb_bits) + !!(clusters & (BIT_ULL(rb_bits) - 1));
+	u64 bytes = blocks * sizeof(u64);
+	u64 n = (bytes >> g->cluster_bits) + !!(bytes & (g->cluster_size - 1));
+
+	if (!n)
+		n = 1;
+	if (n << g->cluster_bits > QCOW2_MAX_REFTABLE_BYTES)
+		return 0;
+	return n;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_reftable_clusters_for);

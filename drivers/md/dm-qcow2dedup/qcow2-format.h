@@ -7,6 +7,8 @@
 #ifndef DM_QCOW2DEDUP_FORMAT_H
 #define DM_QCOW2DEDUP_FORMAT_H
 
+#include <linux/bits.h>
+#include <linux/limits.h>
 #include <linux/types.h>
 #include <qcow2dedup/qcow2.h>
 
@@ -64,6 +66,7 @@ enum qcow2_err {
 	QCOW2_ERR_EXTENSION,
 	QCOW2_ERR_L1_ENTRY,
 	QCOW2_ERR_TABLE_LENGTH,
+	QCOW2_ERR_REFTABLE_ENTRY,
 	QCOW2_ERR_MAX
 };
 
@@ -105,8 +108,10 @@ enum qcow2_cluster_type {
  * @compressed_len: bytes of compressed data starting at @host_offset, as
  *	QEMU reads them (a whole number of sectors minus the in-sector start).
  * @copied: COPIED flag.
+ * @raw: the entry itself.
  */
 struct qcow2_l2e_info {
+	u64 raw;
 	u64 host_offset;
 	u64 compressed_len;
 	bool copied;
@@ -134,5 +139,32 @@ static inline u32 qcow2_l2_index(const struct qcow2_geometry *g, u64 guest_off)
 }
 
 u64 qcow2_l1_entries_needed(u64 size, u32 cluster_bits);
+
+/* Encoding of entries the target writes. */
+u64 qcow2_encode_l2_entry(enum qcow2_cluster_type type, u64 host_offset,
+			  bool copied);
+u64 qcow2_encode_l1_entry(u64 l2_offset, bool copied);
+void qcow2_compressed_range(const struct qcow2_geometry *g, u64 l2e,
+			    u64 *start, u64 *len);
+
+/*
+ * Refcounts: 2^refcount_order bits each, packed in refcount blocks of one
+ * cluster.  Entries narrower than a byte are packed LSB first; 16, 32 and 64
+ * bit entries are big-endian.
+ */
+static inline u64 qcow2_refcount_max(u32 refcount_order)
+{
+	return refcount_order == 6 ? U64_MAX : BIT_ULL(1U << refcount_order) - 1;
+}
+
+/* log2 of the number of refcounts in one refcount block */
+static inline u32 qcow2_refblock_bits(const struct qcow2_geometry *g)
+{
+	return g->cluster_bits + 3 - g->refcount_order;
+}
+
+u64 qcow2_refcount_get(const void *block, u32 refcount_order, u64 index);
+void qcow2_refcount_set(void *block, u32 refcount_order, u64 index, u64 value);
+u64 qcow2_reftable_clusters_for(const struct qcow2_geometry *g, u64 clusters);
 
 #endif /* DM_QCOW2DEDUP_FORMAT_H */

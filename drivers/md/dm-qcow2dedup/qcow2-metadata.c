@@ -1,40 +1,72 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * qcow2 metadata access through dm-bufio.
+ * qcow2 metadata: header, L1 and L2 tables, through dm-bufio.
  *
- * The L1 table is small (at most 32 MiB, usually a few KiB) and is read once
- * into memory at open time, so that map() finds it without I/O.  L2 tables
- * are read on demand through a dm-bufio client whose block size is
- * min(cluster size, 4 KiB): a lookup in a 2 MiB L2 table reads 4 KiB, not
- * 2 MiB.  The client is created with DM_BUFIO_CLIENT_NO_SLEEP so that
- * dm_bufio_get() in map() only takes spinlocks and never sleeps.
+ * The L1 table (at most 32 MiB, usually a few KiB) is held in memory so that
+ * map() finds it without I/O.  L2 tables and refcount blocks are read on
+ * demand through a dm-bufio client whose block size is min(cluster, 4 KiB),
+ * so a lookup in a 2 MiB L2 table reads 4 KiB.  map() uses dm_bufio_get(),
+ * which never issues I/O (it takes a per-tree rw_semaphore for reading, as
+ * in dm-thin's map).  DM_BUFIO_CLIENT_NO_SLEEP is not an option: that mode
+ * does not support writing buffers back (dm_bufio_write_dirty_buffers()
+ * sleeps under the client's spinlock, and dm_bufio_forget_buffers() BUGs).
+ *
+ * Writes.  dm-bufio may write a dirty buffer back at any time, so a buffer
+ * only ever holds changes that are safe on disk at once: refcount increments,
+ * and new L2 tables or refcount blocks nothing points to yet.  New L1/L2
+ * entries are staged in @pending/@pending_l1 (which lookups consult first)
+ * and refcount decrements in @decrements.  qcow2_md_commit() then writes, in
+ * this order, with a flush after each step:
+ *   1. every dirty buffer (refcount increments, new tables; the guest data
+ *      of staged entries was written before the entries were staged);
+ *   2. the staged L1 and L2 entries;
+ *   3. the staged decrements, after the readers that may still use a cluster
+ *      whose last reference was dropped have finished.
  */
 #include <linux/device-mapper.h>
 #include <linux/dm-bufio.h>
 #include <linux/mm.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/unaligned.h>
 
-#include "qcow2-metadata.h"
+#include "qcow2-metadata-internal.h"
 
 #define DM_MSG_PREFIX "qcow2dedup"
 
-struct qcow2_metadata {
-	struct block_device *bdev;
-	struct dm_bufio_client *bufio;
-	u32 block_bits;
-	struct qcow2_geometry geo;
-	u64 *l1;			/* CPU order, validated at open */
-};
+/* xarray values hold 63 bits: COPIED (bit 63) moves to reserved bit 1. */
+#define PENDING_COPIED	BIT_ULL(1)
+
+static void *pending_encode(u64 e)
+{
+	u64 v = e & ~QCOW2_OFLAG_COPIED;
+
+	if (e & QCOW2_OFLAG_COPIED)
+		v |= PENDING_COPIED;
+	return xa_mk_value(v);
+}
+
+static u64 pending_decode(void *p)
+{
+	u64 v = xa_to_value(p);
+
+	if (v & PENDING_COPIED)
+		v = (v & ~PENDING_COPIED) | QCOW2_OFLAG_COPIED;
+	return v;
+}
+
+static u64 guest_cluster(struct qcow2_metadata *md, u64 guest_off)
+{
+	return guest_off >> md->geo.cluster_bits;
+}
 
 /**
- * qcow2_md_read_bytes() - copy @len bytes at device offset @off into @buf.
+ * qcow2_md_read_bytes() - copy @len bytes of metadata at device offset @off.
  * @md: metadata.
  * @off: device byte offset.
  * @buf: destination.
  * @len: bytes; [@off, @off + @len) must lie inside the device.
  *
- * Context: process context, may sleep (reads through dm-bufio).
  * Return: 0 or a negative errno from the read.
  */
 int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
@@ -59,6 +91,58 @@ int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 		buf += n;
 		off += n;
 		len -= n;
+	}
+	return 0;
+}
+
+/* Write one big-endian 64-bit metadata word at device offset @pos. */
+static int write_be64(struct qcow2_metadata *md, u64 pos, u64 value)
+{
+	struct dm_buffer *b;
+	void *data;
+
+	data = dm_bufio_read(md->bufio, pos >> md->block_bits, &b);
+	if (IS_ERR(data))
+		return PTR_ERR(data);
+	put_unaligned_be64(value, data + (pos & (BIT_ULL(md->block_bits) - 1)));
+	dm_bufio_mark_buffer_dirty(b);
+	dm_bufio_release(b);
+	return 0;
+}
+
+/**
+ * qcow2_md_new_cluster() - fill the buffers of a new metadata cluster.
+ * @md: metadata.
+ * @cluster: host cluster index; its refcount is already raised.
+ * @copy_from: byte offset of a cluster to copy, or 0 for zeros.
+ *
+ * The buffers are dirty and may reach the disk at any time: nothing points
+ * to the cluster yet.
+ */
+int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from)
+{
+	u64 nr = md->geo.cluster_size >> md->block_bits, i;
+	sector_t dst = (cluster << md->geo.cluster_bits) >> md->block_bits;
+
+	for (i = 0; i < nr; i++) {
+		struct dm_buffer *b, *sb;
+		void *data = dm_bufio_new(md->bufio, dst + i, &b), *src;
+
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+		if (copy_from) {
+			src = dm_bufio_read(md->bufio, (copy_from >> md->block_bits) + i, &sb);
+			if (IS_ERR(src)) {
+				dm_bufio_release(b);
+				return PTR_ERR(src);
+			}
+			memcpy(data, src, BIT(md->block_bits));
+			dm_bufio_release(sb);
+		} else {
+			memset(data, 0, BIT(md->block_bits));
+		}
+		dm_bufio_mark_buffer_dirty(b);
+		dm_bufio_release(b);
 	}
 	return 0;
 }
@@ -133,10 +217,19 @@ static int read_header(struct qcow2_metadata *md, sector_t target_len,
 	return r;
 }
 
+static struct dm_bufio_client *new_client(struct block_device *bdev, u32 bits)
+{
+	return dm_bufio_client_create(bdev, 1U << bits, 1, 0, NULL, NULL, 0);
+}
+
 /**
  * qcow2_md_open() - read and validate an image's header and L1 table.
  * @bdev: the device holding the image.
  * @target_len: length of the dm target in sectors.
+ * @writable: the image will be written: load the refcounts too.
+ * @wait_for_readers: waits until no bio still uses a cluster whose last
+ *	reference was dropped before the call (see qcow2_md_commit()).
+ * @ctx: argument of @wait_for_readers.
  * @why: on -EINVAL, why the image was refused.
  *
  * Nothing is written to the device.
@@ -144,8 +237,9 @@ static int read_header(struct qcow2_metadata *md, sector_t target_len,
  * Return: the metadata object or an ERR_PTR.
  */
 struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
-				     sector_t target_len,
-				     struct qcow2_refusal *why)
+				     sector_t target_len, bool writable,
+				     void (*wait_for_readers)(void *ctx),
+				     void *ctx, struct qcow2_refusal *why)
 {
 	struct qcow2_metadata *md;
 	int r;
@@ -155,11 +249,16 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 	if (!md)
 		return ERR_PTR(-ENOMEM);
 	md->bdev = bdev;
+	md->writable = writable;
+	md->wait_for_readers = wait_for_readers;
+	md->ctx = ctx;
+	xa_init(&md->pending);
+	xa_init(&md->pending_l1);
+	xa_init(&md->decrements);
 
 	/* A 512-byte client first: the cluster size is not known yet. */
 	md->block_bits = SECTOR_SHIFT;
-	md->bufio = dm_bufio_client_create(bdev, SECTOR_SIZE, 1, 0, NULL, NULL,
-					   DM_BUFIO_CLIENT_NO_SLEEP);
+	md->bufio = new_client(bdev, md->block_bits);
 	if (IS_ERR(md->bufio)) {
 		r = PTR_ERR(md->bufio);
 		md->bufio = NULL;
@@ -169,16 +268,14 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 	if (r)
 		goto bad;
 
-	/* Blocks of min(cluster, 4 KiB); 512 when the device size needs it. */
+	/* Blocks of min(cluster, 4 KiB); smaller if the device size needs it. */
 	md->block_bits = min_t(u32, md->geo.cluster_bits, PAGE_SHIFT);
 	while (md->block_bits > SECTOR_SHIFT &&
 	       (md->geo.dev_size & (BIT_ULL(md->block_bits) - 1)))
 		md->block_bits--;
 	if (md->block_bits != SECTOR_SHIFT) {
 		dm_bufio_client_destroy(md->bufio);
-		md->bufio = dm_bufio_client_create(bdev, 1U << md->block_bits,
-						   1, 0, NULL, NULL,
-						   DM_BUFIO_CLIENT_NO_SLEEP);
+		md->bufio = new_client(bdev, md->block_bits);
 		if (IS_ERR(md->bufio)) {
 			r = PTR_ERR(md->bufio);
 			md->bufio = NULL;
@@ -188,6 +285,16 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 	r = load_l1(md, why);
 	if (r)
 		goto bad;
+	if (writable) {
+		r = qcow2_rc_load(md);
+		if (r == -EUCLEAN) {
+			why->err = QCOW2_ERR_REFTABLE_ENTRY;
+			why->value = 0;
+			r = -EINVAL;
+		}
+		if (r)
+			goto bad;
+	}
 	return md;
 bad:
 	qcow2_md_close(md);
@@ -195,17 +302,19 @@ bad:
 }
 
 /**
- * qcow2_md_close() - free the metadata object.
+ * qcow2_md_close() - free the metadata object; nothing is written.
  * @md: metadata, may be NULL.
- *
- * Context: process context, may sleep.
  */
 void qcow2_md_close(struct qcow2_metadata *md)
 {
 	if (!md)
 		return;
+	xa_destroy(&md->pending);
+	xa_destroy(&md->pending_l1);
+	xa_destroy(&md->decrements);
 	if (md->bufio)
 		dm_bufio_client_destroy(md->bufio);
+	kvfree(md->reftable);
 	kvfree(md->l1);
 	kfree(md);
 }
@@ -225,27 +334,41 @@ const struct qcow2_geometry *qcow2_md_geometry(struct qcow2_metadata *md)
  * qcow2_md_lookup() - find where guest byte @guest_off is stored.
  * @md: metadata.
  * @guest_off: guest byte offset, below the virtual size.
- * @may_block: false in map(): only the cache is consulted.
+ * @may_block: false in map(): only cached metadata is consulted.
  * @type: the cluster type.
  * @info: the decoded L2 entry.
+ * @pending: the entry is staged, not yet on disk.
  *
- * Context: any if !@may_block (spinlocks only); process context otherwise.
+ * Staged entries come first.  The worker writes a staged entry into its L2
+ * buffer before it removes it from @pending, so a lookup that misses the
+ * staged entry finds the new one in the buffer.
+ *
+ * Context: map() if !@may_block (no I/O; may wait briefly for a dm-bufio
+ *	tree lock); the worker otherwise.
  * Return: 0; -EWOULDBLOCK if !@may_block and the L2 block is not cached;
- * -EIO on a corrupt L1 entry or a read error.
+ * -EIO if the L1 index is out of range; a read error.
  */
 int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
-		    enum qcow2_cluster_type *type, struct qcow2_l2e_info *info)
+		    enum qcow2_cluster_type *type, struct qcow2_l2e_info *info,
+		    bool *pending)
 {
 	const struct qcow2_geometry *g = &md->geo;
 	u64 l1_index = qcow2_l1_index(g, guest_off);
-	u64 l2_off, pos;
+	u64 l2_off, pos, l2e;
 	struct dm_buffer *b;
-	__be64 *data;
-	u64 l2e;
+	void *data, *p;
 
 	if (l1_index >= g->l1_size)
 		return -EIO;
-	l2_off = md->l1[l1_index] & QCOW2_L1E_OFFSET_MASK;
+	p = xa_load(&md->pending, guest_cluster(md, guest_off));
+	*pending = !!p;
+	if (p) {
+		*type = qcow2_decode_l2_entry(g, pending_decode(p), info);
+		return 0;
+	}
+	/* Pairs with the write barrier in apply_pending(). */
+	smp_rmb();
+	l2_off = READ_ONCE(md->l1[l1_index]) & QCOW2_L1E_OFFSET_MASK;
 	if (!l2_off) {
 		*type = QCOW2_CLUSTER_UNALLOCATED;
 		memset(info, 0, sizeof(*info));
@@ -260,10 +383,288 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 		return -EWOULDBLOCK;
 	if (IS_ERR(data))
 		return PTR_ERR(data);
-	l2e = get_unaligned_be64((void *)data +
-				 (pos & (BIT_ULL(md->block_bits) - 1)));
+	l2e = get_unaligned_be64(data + (pos & (BIT_ULL(md->block_bits) - 1)));
 	dm_bufio_release(b);
 
 	*type = qcow2_decode_l2_entry(g, l2e, info);
 	return 0;
+}
+
+/**
+ * qcow2_md_clear_autoclear() - before the first write, clear the autoclear
+ *	feature bits: this writer maintains none of the structures they vouch
+ *	for (persistent bitmaps), as the qcow2 specification requires.
+ * @md: metadata.
+ */
+int qcow2_md_clear_autoclear(struct qcow2_metadata *md)
+{
+	__be64 zero = 0;
+	int r;
+
+	if (!md->geo.autoclear_features)
+		return 0;
+	r = qcow2_rc_write_header(md, offsetof(struct qcow2_header, autoclear_features),
+				  &zero, sizeof(zero));
+	if (!r)
+		md->geo.autoclear_features = 0;
+	return r;
+}
+
+static int stage_decrement(struct qcow2_metadata *md, u64 cluster)
+{
+	void *old = xa_load(&md->decrements, cluster);
+	u64 n = old ? xa_to_value(old) : 0;
+
+	md->nr_decrements++;
+	return xa_err(xa_store(&md->decrements, cluster, xa_mk_value(n + 1), GFP_NOIO));
+}
+
+/**
+ * qcow2_md_prepare_write() - make the L2 table of @guest_off writable.
+ * @md: metadata.
+ * @guest_off: a guest byte offset.
+ *
+ * An L1 entry without a table gets a new zeroed table; a table shared with
+ * a snapshot (COPIED clear) is copied, and the copy's refcount is one.  The
+ * new L1 entry is staged; the old table's reference is dropped at commit.
+ * Data clusters keep their refcounts: QEMU counts a data cluster once per L1
+ * table that reaches it, whichever L2 table is on the way.
+ *
+ * Return: 0, -ENOSPC, or an I/O error.
+ */
+int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
+{
+	u64 i = qcow2_l1_index(&md->geo, guest_off), l1e, old, c;
+	int r;
+
+	if (xa_load(&md->pending_l1, i))
+		return 0;
+	l1e = md->l1[i];
+	old = l1e & QCOW2_L1E_OFFSET_MASK;
+	if (old && (l1e & QCOW2_OFLAG_COPIED))
+		return 0;
+	r = qcow2_rc_alloc(md, &c);
+	if (r)
+		return r;
+	r = qcow2_md_new_cluster(md, c, old);
+	if (!r && old)
+		r = stage_decrement(md, old >> md->geo.cluster_bits);
+	if (!r)
+		r = xa_err(xa_store(&md->pending_l1, i,
+				    xa_mk_value((c << md->geo.cluster_bits) | 1),
+				    GFP_NOIO));
+	return r;
+}
+
+/**
+ * qcow2_md_alloc() - allocate a data cluster (refcount 0 -> 1).
+ * @md: metadata.
+ * @host_off: its byte offset.
+ *
+ * Return: 0, -ENOSPC, or an I/O error.
+ */
+int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off)
+{
+	u64 c;
+	int r = qcow2_rc_alloc(md, &c);
+
+	if (!r)
+		*host_off = c << md->geo.cluster_bits;
+	return r;
+}
+
+/**
+ * qcow2_md_release() - drop the reference of a cluster that was allocated
+ *	but will not be used (its data write failed).
+ * @md: metadata.
+ * @host_off: the cluster's byte offset.
+ */
+int qcow2_md_release(struct qcow2_metadata *md, u64 host_off)
+{
+	return stage_decrement(md, host_off >> md->geo.cluster_bits);
+}
+
+/* Stage the decrements an entry's old mapping owes. */
+static int drop_old(struct qcow2_metadata *md, enum qcow2_cluster_type type,
+		    const struct qcow2_l2e_info *info)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 start, len, c;
+	int r = 0;
+
+	switch (type) {
+	case QCOW2_CLUSTER_NORMAL:
+	case QCOW2_CLUSTER_ZERO_ALLOC:
+		return stage_decrement(md, info->host_offset >> g->cluster_bits);
+	case QCOW2_CLUSTER_COMPRESSED:
+		/* QEMU counts every cluster the compressed bytes touch. */
+		qcow2_compressed_range(g, info->raw, &start, &len);
+		for (c = start >> g->cluster_bits;
+		     c <= (start + len - 1) >> g->cluster_bits && !r; c++)
+			r = stage_decrement(md, c);
+		return r;
+	default:
+		return 0;
+	}
+}
+
+/**
+ * qcow2_md_stage() - point a guest cluster at new data.
+ * @md: metadata.
+ * @guest_off: guest byte offset in the cluster.
+ * @type: NORMAL (at @host_off, refcount one), ZERO_PLAIN or UNALLOCATED.
+ * @host_off: for NORMAL, the cluster, whose data is already on the device.
+ *
+ * The caller has called qcow2_md_prepare_write() for @guest_off.  The old
+ * mapping's references are dropped at commit.
+ */
+int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
+		   enum qcow2_cluster_type type, u64 host_off)
+{
+	u64 gc = guest_cluster(md, guest_off), entry;
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type old;
+	bool pending;
+	int r;
+
+	r = qcow2_md_lookup(md, guest_off, true, &old, &info, &pending);
+	if (r)
+		return r;
+	if (old == QCOW2_CLUSTER_INVALID)
+		return -EUCLEAN;
+	entry = qcow2_encode_l2_entry(type, host_off, type == QCOW2_CLUSTER_NORMAL);
+	r = xa_err(xa_store(&md->pending, gc, pending_encode(entry), GFP_NOIO));
+	if (r)
+		return r;
+	if (!pending)
+		md->nr_pending++;
+	return drop_old(md, old, &info);
+}
+
+/* Step 2 of a commit: write the staged L1 and L2 entries. */
+static int apply_pending(struct qcow2_metadata *md)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	unsigned long idx;
+	void *p;
+	int r;
+
+	xa_for_each(&md->pending_l1, idx, p) {
+		u64 e = qcow2_encode_l1_entry(xa_to_value(p) & ~1ULL, true);
+
+		r = write_be64(md, g->l1_table_offset + idx * sizeof(u64), e);
+		if (r)
+			return r;
+		WRITE_ONCE(md->l1[idx], e);
+	}
+	xa_for_each(&md->pending, idx, p) {
+		u64 guest_off = (u64)idx << g->cluster_bits;
+		u64 l1e = md->l1[qcow2_l1_index(g, guest_off)];
+
+		if (!(l1e & QCOW2_OFLAG_COPIED)) {
+			DMERR("staged entry for guest cluster %lu has no writable L2 table", idx);
+			return -EUCLEAN;
+		}
+		r = write_be64(md, (l1e & QCOW2_L1E_OFFSET_MASK) +
+			       (u64)qcow2_l2_index(g, guest_off) * sizeof(u64),
+			       pending_decode(p));
+		if (r)
+			return r;
+	}
+	r = dm_bufio_write_dirty_buffers(md->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(md->bufio);
+	if (r)
+		return r;
+	/* The buffers hold the entries: lookups may stop finding them here. */
+	smp_wmb();
+	xa_destroy(&md->pending_l1);
+	xa_destroy(&md->pending);
+	md->nr_pending = 0;
+	return 0;
+}
+
+/* Step 3: drop the refcounts whose references are gone from the disk. */
+static int apply_decrements(struct qcow2_metadata *md)
+{
+	unsigned long c;
+	void *p;
+	int r;
+
+	md->wait_for_readers(md->ctx);
+	xa_for_each(&md->decrements, c, p) {
+		u64 rc;
+
+		r = qcow2_rc_update(md, c, -(s64)xa_to_value(p), &rc);
+		if (r)
+			return r;
+		if (!rc)
+			dm_bufio_forget_buffers(md->bufio,
+						((u64)c << md->geo.cluster_bits) >> md->block_bits,
+						md->geo.cluster_size >> md->block_bits);
+	}
+	xa_destroy(&md->decrements);
+	md->nr_decrements = 0;
+	return 0;
+}
+
+/**
+ * qcow2_md_commit() - write every staged change, in the crash-safe order.
+ * @md: metadata.
+ * @final: also write the decrements and flush (clean deactivation).
+ *
+ * When this returns 0, everything staged before the call is on stable
+ * storage, and so is guest data written before the call completed.
+ * Return: 0 or an I/O error; after an error the on-disk image is still
+ * consistent, but the staged changes are lost.
+ */
+int qcow2_md_commit(struct qcow2_metadata *md, bool final)
+{
+	int r;
+
+	r = dm_bufio_write_dirty_buffers(md->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(md->bufio);
+	if (!r && (md->nr_pending || !xa_empty(&md->pending_l1)))
+		r = apply_pending(md);
+	if (!r && md->nr_decrements)
+		r = apply_decrements(md);
+	if (r)
+		return r;
+	if (final) {
+		r = dm_bufio_write_dirty_buffers(md->bufio);
+		if (!r)
+			r = dm_bufio_issue_flush(md->bufio);
+	} else {
+		dm_bufio_write_dirty_buffers_async(md->bufio);
+	}
+	return r;
+}
+
+/**
+ * qcow2_md_dirty() - is anything staged or unwritten?
+ * @md: metadata.
+ */
+bool qcow2_md_dirty(struct qcow2_metadata *md)
+{
+	return md->nr_pending || md->nr_decrements || !xa_empty(&md->pending_l1);
+}
+
+unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md)
+{
+	return md->nr_pending + md->nr_decrements;
+}
+
+/**
+ * qcow2_md_usage() - clusters in use and clusters the device holds.
+ * @md: metadata (writable).
+ * @used: clusters with a non-zero refcount.
+ * @total: clusters of the device.
+ *
+ * Context: any; the values may be a moment old.
+ */
+void qcow2_md_usage(struct qcow2_metadata *md, u64 *used, u64 *total)
+{
+	*used = READ_ONCE(md->used_clusters);
+	*total = md->dev_clusters;
 }

@@ -215,7 +215,7 @@ accept() {
 	[ "$n" = "$sect" ] || bad "$name" "device has $n sectors, want $sect"
 	st=$(dmsetup status "$dm")
 	case "$st" in
-	"0 $sect qcow2dedup read-only 3 65536 "*) ;;
+	"0 $sect qcow2dedup write 3 65536 "*) ;;
 	*) bad "$name" "status: $st" ;;
 	esac
 	cmp "/dev/mapper/$dm" "$raw" || bad "$name" "content differs from qemu-img's"

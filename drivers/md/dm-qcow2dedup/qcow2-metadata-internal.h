@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Private to qcow2-metadata.c and qcow2-refcount.c: the metadata object.
+ *
+ * Locking: the object belongs to the target's single worker, which is the
+ * only writer of everything below.  map() reads @l1 (READ_ONCE) and @pending
+ * (xarray, RCU) and looks up L2 blocks with dm_bufio_get(); see
+ * qcow2_md_lookup() for the ordering that makes this safe.
+ */
+#ifndef DM_QCOW2DEDUP_METADATA_INTERNAL_H
+#define DM_QCOW2DEDUP_METADATA_INTERNAL_H
+
+#include <linux/dm-bufio.h>
+#include <linux/xarray.h>
+
+#include "qcow2-metadata.h"
+
+struct qcow2_metadata {
+	struct block_device *bdev;
+	struct dm_bufio_client *bufio;
+	u32 block_bits;			/* log2 of the dm-bufio block size */
+	struct qcow2_geometry geo;
+	bool writable;
+
+	u64 *l1;			/* committed L1 table, CPU order */
+
+	/*
+	 * Changes not yet on disk, written by qcow2_md_commit():
+	 * @pending: guest cluster index -> new L2 entry (encoded with
+	 *	pending_encode(): xarray values cannot hold bit 63);
+	 * @pending_l1: L1 index -> new L1 entry (a new or copied L2 table);
+	 * @decrements: host cluster index -> refcount decrements owed, applied
+	 *	only once the references they drop are on disk.
+	 */
+	struct xarray pending;
+	struct xarray pending_l1;
+	struct xarray decrements;
+	unsigned long nr_pending;
+	unsigned long nr_decrements;
+
+	/* Refcounts */
+	u64 *reftable;			/* refcount block offsets, CPU order */
+	u64 reftable_entries;
+	u64 dev_clusters;		/* clusters the device holds */
+	u64 used_clusters;		/* clusters with a non-zero refcount */
+	u64 free_hint;			/* where the allocator looks first */
+
+	/* Called between writing references and dropping refcounts. */
+	void (*wait_for_readers)(void *ctx);
+	void *ctx;
+};
+
+/* qcow2-refcount.c */
+int qcow2_rc_load(struct qcow2_metadata *md);
+int qcow2_rc_get(struct qcow2_metadata *md, u64 cluster, u64 *rc);
+int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
+		    u64 *new_rc);
+int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster);
+int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
+			  const void *val, u32 len);
+
+/* qcow2-metadata.c */
+int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from);
+
+#endif /* DM_QCOW2DEDUP_METADATA_INTERNAL_H */
