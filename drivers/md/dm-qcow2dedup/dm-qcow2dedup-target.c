@@ -392,18 +392,24 @@ static void piece_done(struct bio *bio, blk_status_t status)
 	}
 }
 
+static int commit_now(struct qcow2dedup *q)
+{
+	int r = qcow2_md_commit(q->md, false);
+
+	if (r)
+		metadata_error(q, "commit", r);
+	return r;
+}
+
 /* Allocate a cluster; if none is free, commit staged frees and retry once. */
 static int alloc_cluster(struct qcow2dedup *q, u64 *host_off)
 {
 	int r = qcow2_md_alloc(q->md, host_off);
 
 	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
-		r = qcow2_md_commit(q->md, false);
-		if (r) {
-			metadata_error(q, "commit", r);
-			return r;
-		}
-		r = qcow2_md_alloc(q->md, host_off);
+		r = commit_now(q);
+		if (!r)
+			r = qcow2_md_alloc(q->md, host_off);
 	}
 	return r;
 }
@@ -489,8 +495,11 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	}
 
 	r = qcow2_md_prepare_write(q->md, guest_off);
-	if (r == -ENOSPC && qcow2_md_dirty(q->md) && !qcow2_md_commit(q->md, false))
-		r = qcow2_md_prepare_write(q->md, guest_off);
+	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+		r = commit_now(q);
+		if (!r)
+			r = qcow2_md_prepare_write(q->md, guest_off);
+	}
 	if (!r)
 		r = alloc_cluster(q, &op->host_off);
 	if (r) {
@@ -623,11 +632,8 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	if ((bio->bi_opf & REQ_FUA) &&
 	    !qcow2_md_lookup(q->md, off, true, &type, &info, &pending) &&
 	    pending && type == QCOW2_CLUSTER_NORMAL && info.copied) {
-		r = qcow2_md_commit(q->md, false);
-		if (r) {
-			metadata_error(q, "commit", r);
+		if (commit_now(q))
 			goto fail;
-		}
 	}
 	idx = srcu_down_read(&q->io_srcu);
 	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
@@ -749,15 +755,14 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 {
 	blk_status_t status = BLK_STS_OK;
 	struct bio *bio;
-	int r;
 
-	if (q->writable && READ_ONCE(q->mode) == MODE_WRITE) {
-		r = qcow2_md_commit(q->md, false);
-		if (r) {
-			metadata_error(q, "commit", r);
+	if (READ_ONCE(q->mode) == MODE_WRITE) {
+		if (commit_now(q))
 			status = BLK_STS_IOERR;
-		}
-	} else if (q->writable && qcow2_md_dirty(q->md)) {
+	} else if (qcow2_md_dirty(q->md)) {
+		/* Staged changes will never reach the disk now. */
+		status = BLK_STS_IOERR;
+	} else if (blkdev_issue_flush(q->dev->bdev)) {
 		status = BLK_STS_IOERR;
 	}
 	q->commit_due = false;

@@ -537,3 +537,59 @@ u64 qcow2_reftable_clusters_for(const struct qcow2_geometry *g, u64 clusters)
 	return n;
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_reftable_clusters_for);
+
+/**
+ * qcow2_refcount_find_free() - first zero refcount in [@start, @end).
+ * @block: as for qcow2_refcount_get().
+ * @refcount_order: log2 of the refcount width in bits, 0..6.
+ * @start: first index to look at.
+ * @end: index after the last one.
+ *
+ * Return: the index, or @end if every refcount in the range is non-zero.
+ */
+u64 qcow2_refcount_find_free(const void *block, u32 refcount_order, u64 start,
+			     u64 end)
+{
+	for (; start < end; start++)
+		if (!qcow2_refcount_get(block, refcount_order, start))
+			break;
+	return start;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_refcount_find_free);
+
+/**
+ * qcow2_reftable_growth() - where and how big a grown refcount table goes.
+ * @g: geometry.
+ * @old_entries: entries of the current table.
+ * @dev_clusters: clusters the device holds.
+ * @block_index: the refcount block index the current table cannot hold.
+ * @first: the first cluster of the first range the old table cannot
+ *	describe: the new refcount block goes there, the table right after.
+ * @clusters: size of the new table in clusters; it covers the device.
+ *
+ * The new refcount block must describe itself and the whole new table, so
+ * all of them must fit in its range, and in the device.
+ *
+ * Return: 0, or -ENOSPC if the table cannot grow that way.
+ */
+int qcow2_reftable_growth(const struct qcow2_geometry *g, u64 old_entries,
+			  u64 dev_clusters, u64 block_index, u64 *first,
+			  u64 *clusters)
+{
+	u32 rb_bits = qcow2_refblock_bits(g);
+	u64 want, k;
+
+	if (block_index < old_entries || block_index >= BIT_ULL(63 - rb_bits))
+		return -ENOSPC;
+	want = max(dev_clusters, (block_index + 1) << rb_bits);
+	k = qcow2_reftable_clusters_for(g, want);
+	if (!k || old_entries >= BIT_ULL(63 - rb_bits))
+		return -ENOSPC;
+	*first = old_entries << rb_bits;
+	*clusters = k;
+	if (k + 1 > BIT_ULL(rb_bits) || *first >= dev_clusters ||
+	    dev_clusters - *first < k + 1)
+		return -ENOSPC;
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_reftable_growth);

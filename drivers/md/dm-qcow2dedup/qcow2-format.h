@@ -165,6 +165,11 @@ static inline u32 qcow2_refblock_bits(const struct qcow2_geometry *g)
 
 u64 qcow2_refcount_get(const void *block, u32 refcount_order, u64 index);
 void qcow2_refcount_set(void *block, u32 refcount_order, u64 index, u64 value);
+u64 qcow2_refcount_find_free(const void *block, u32 refcount_order, u64 start,
+			     u64 end);
 u64 qcow2_reftable_clusters_for(const struct qcow2_geometry *g, u64 clusters);
+int qcow2_reftable_growth(const struct qcow2_geometry *g, u64 old_entries,
+			  u64 dev_clusters, u64 block_index, u64 *first,
+			  u64 *clusters);
 
 #endif /* DM_QCOW2DEDUP_FORMAT_H */

@@ -258,10 +258,7 @@ int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster)
 		if (IS_ERR(data))
 			return PTR_ERR(data);
 		end = min(per_block, idx + (md->dev_clusters - c));
-		for (i = idx; i < end; i++) {
-			if (!qcow2_refcount_get(data, md->geo.refcount_order, i))
-				break;
-		}
+		i = qcow2_refcount_find_free(data, md->geo.refcount_order, idx, end);
 		dm_bufio_release(b);
 		scanned += i - idx;
 		c += i - idx;
@@ -289,8 +286,7 @@ static int grow_reftable(struct qcow2_metadata *md, u64 block_index)
 	struct qcow2_geometry *g = &md->geo;
 	u64 old_entries = md->reftable_entries, old_off = g->refcount_table_offset;
 	u32 old_clusters = g->refcount_table_clusters;
-	u64 want = max(md->dev_clusters, (block_index + 1) << rb_bits(md));
-	u64 k = qcow2_reftable_clusters_for(g, want), entries, first, i;
+	u64 k, entries, first, i;
 	struct {
 		__be64 off;
 		__be32 clusters;
@@ -298,10 +294,12 @@ static int grow_reftable(struct qcow2_metadata *md, u64 block_index)
 	u64 *table, *old_table = md->reftable;
 	int r;
 
-	first = old_entries << rb_bits(md);
-	if (!k || k + 1 > BIT_ULL(rb_bits(md)) || first + 1 + k > md->dev_clusters) {
-		DMERR("cannot grow the refcount table to %llu clusters", k);
-		return -ENOSPC;
+	r = qcow2_reftable_growth(g, old_entries, md->dev_clusters, block_index,
+				  &first, &k);
+	if (r) {
+		DMERR_LIMIT("cannot grow the refcount table for refcount block %llu",
+			    block_index);
+		return r;
 	}
 	entries = k << (g->cluster_bits - 3);
 	table = kvcalloc(entries, sizeof(u64), GFP_NOIO);

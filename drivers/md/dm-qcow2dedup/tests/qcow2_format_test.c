@@ -537,5 +537,5 @@ static struct kunit_suite qcow2_format_suite = {
 
 kunit_test_suite(qcow2_format_suite);
 
-MODULE_DESCRIPTION("KUnit tests for dm-qcow2dedup's qcow2 decoders");
+MODULE_DESCRIPTION("KUnit tests for dm-qcow2dedup");
 MODULE_LICENSE("GPL");
