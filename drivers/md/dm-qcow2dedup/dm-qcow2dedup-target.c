@@ -104,6 +104,7 @@ struct qcow2dedup {
 	unsigned int max_buffered_ops;
 	bool autoclear_done;
 	bool commit_due;
+	bool resumed;			/* preresume has run once */
 	struct qcow2_decompressor *dc;
 	void *cbuf;
 	void *dbuf;
@@ -185,6 +186,24 @@ static void wait_for_readers(void *ctx)
 	struct qcow2dedup *q = ctx;
 
 	synchronize_srcu(&q->io_srcu);
+}
+
+/*
+ * The SRCU read lock of a remapped bio is taken in map() or the worker and
+ * dropped in end_io, in another context: tell sparse the hand-over is meant.
+ */
+static int io_hold(struct qcow2dedup *q)
+{
+	int idx = srcu_down_read(&q->io_srcu);
+
+	__release(&q->io_srcu);
+	return idx;
+}
+
+static void io_unhold(struct qcow2dedup *q, int idx)
+{
+	__acquire(&q->io_srcu);
+	srcu_up_read(&q->io_srcu, idx);
 }
 
 /* Remap @bio to host byte @host_off and hold the SRCU read lock until end_io. */
@@ -278,13 +297,13 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	bool pending;
 	int idx, r;
 
-	idx = srcu_down_read(&q->io_srcu);
+	idx = io_hold(q);
 	r = qcow2_md_lookup(q->md, off, may_block, &type, &info, &pending);
 	if (!r && type == QCOW2_CLUSTER_NORMAL) {
 		remap_held(q, bio, info.host_offset + qcow2_offset_in_cluster(q->geo, off), idx);
 		return DM_MAPIO_REMAPPED;
 	}
-	srcu_up_read(&q->io_srcu, idx);
+	io_unhold(q, idx);
 
 	if (r == -EWOULDBLOCK) {
 		atomic64_inc(&q->reads_deferred);
@@ -635,14 +654,14 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 		if (commit_now(q))
 			goto fail;
 	}
-	idx = srcu_down_read(&q->io_srcu);
+	idx = io_hold(q);
 	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
 	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied) {
 		remap_held(q, bio, info.host_offset + in, idx);
 		dm_submit_bio_remap(bio, NULL);
 		return 0;
 	}
-	srcu_up_read(&q->io_srcu, idx);
+	io_unhold(q, idx);
 	if (r) {
 		metadata_error(q, "read", r);
 		goto fail;
@@ -882,7 +901,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_KILL;
 	}
 	/* Fast path: in place into a cluster whose refcount is one. */
-	idx = srcu_down_read(&q->io_srcu);
+	idx = io_hold(q);
 	if (READ_ONCE(q->autoclear_done) &&
 	    !qcow2_md_lookup(q->md, guest_offset(q, bio), false, &type, &info, &pending) &&
 	    type == QCOW2_CLUSTER_NORMAL && info.copied &&
@@ -891,7 +910,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 			   qcow2_offset_in_cluster(q->geo, guest_offset(q, bio)), idx);
 		return DM_MAPIO_REMAPPED;
 	}
-	srcu_up_read(&q->io_srcu, idx);
+	io_unhold(q, idx);
 	defer_bio(q, bio);
 	return DM_MAPIO_SUBMITTED;
 }
@@ -904,7 +923,7 @@ static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 
 	if (p->srcu_held) {
 		p->srcu_held = false;
-		srcu_up_read(&q->io_srcu, p->srcu_idx);
+		io_unhold(q, p->srcu_idx);
 	}
 	return DM_ENDIO_DONE;
 }
@@ -1100,6 +1119,36 @@ static void qcow2dedup_postsuspend(struct dm_target *ti)
 	final_commit(q);
 }
 
+/*
+ * A table replacing another one for the same image was constructed while
+ * the old one was still active, so the metadata read then may predate the
+ * old table's last commit (made in its postsuspend, before this runs).
+ * Read it again before the first resume.
+ */
+static int qcow2dedup_preresume(struct dm_target *ti)
+{
+	struct qcow2dedup *q = ti->private;
+	struct qcow2_metadata *md;
+	struct qcow2_refusal why;
+
+	if (q->resumed)
+		return 0;
+	md = qcow2_md_open(q->dev->bdev, ti->len, q->writable, wait_for_readers,
+			   q, &why);
+	if (IS_ERR(md)) {
+		DMERR("%s: cannot read the qcow2 metadata again: %s (%ld)",
+		      dev_name_of(q), PTR_ERR(md) == -EINVAL ?
+		      qcow2_err_str(why.err) : "I/O error", PTR_ERR(md));
+		return PTR_ERR(md);
+	}
+	qcow2_md_close(q->md);
+	q->md = md;
+	q->geo = qcow2_md_geometry(md);
+	q->dbuf_offset = 0;
+	q->resumed = true;
+	return 0;
+}
+
 static void qcow2dedup_resume(struct dm_target *ti)
 {
 	struct qcow2dedup *q = ti->private;
@@ -1190,6 +1239,7 @@ static struct target_type qcow2dedup_target = {
 	.presuspend = qcow2dedup_presuspend,
 	.postsuspend = qcow2dedup_postsuspend,
 	.presuspend_undo = qcow2dedup_resume,
+	.preresume = qcow2dedup_preresume,
 	.resume = qcow2dedup_resume,
 	.status = qcow2dedup_status,
 	.iterate_devices = qcow2dedup_iterate_devices,
