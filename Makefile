@@ -48,6 +48,7 @@ e2e: uml
 
 smoke: module
 	tools/testing/smoke/check-read $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko
+	tools/testing/smoke/check-write $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko
 
 # In the kernel tree, as upstream review runs it (kernel API names are known there).
 checkpatch:

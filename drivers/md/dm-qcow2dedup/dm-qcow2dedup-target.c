@@ -441,7 +441,9 @@ static blk_status_t alloc_error(struct qcow2dedup *q, int r)
 	}
 	if (r == -ENOMEM)
 		return BLK_STS_RESOURCE;
-	metadata_error(q, "allocation", r);
+	/* A failed commit on the way has already switched the mode. */
+	if (READ_ONCE(q->mode) == MODE_WRITE)
+		metadata_error(q, "allocation", r);
 	return BLK_STS_IOERR;
 }
 

@@ -172,6 +172,15 @@ static int create_refblock(struct qcow2_metadata *md, u64 bi)
 		return r;
 	md->reftable[bi] = first << md->geo.cluster_bits;
 	r = set_rc(md, md->reftable[bi], first, 0, 1);
+	/*
+	 * The block must be on disk before the table entry that points to it
+	 * can be: a table entry to an unwritten block would read as a block
+	 * of zero refcounts, itself included.
+	 */
+	if (!r)
+		r = dm_bufio_write_dirty_buffers(md->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(md->bufio);
 	if (r)
 		return r;
 	return write_reftable_entry(md, md->geo.refcount_table_offset, bi,

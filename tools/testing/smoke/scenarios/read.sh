@@ -8,7 +8,8 @@ set -eu
 grep -q '^dm_qcow2dedup ' /proc/modules
 dmsetup targets | grep qcow2dedup
 check() { # NAME QCOW2 RAW SECTORS
-	dmsetup create "$1" --table "0 $4 qcow2dedup $2"
+	# A read-only table: the module must refuse writes and never write.
+	dmsetup create --readonly "$1" --table "0 $4 qcow2dedup $2"
 	dmsetup table "$1"
 	dmsetup status "$1"
 	# The raw export is padded to a whole sector count; compare the disk's length.
@@ -22,5 +23,4 @@ check() { # NAME QCOW2 RAW SECTORS
 }
 check plain /dev/vda /dev/vdb "$1"
 check packed /dev/vdc /dev/vdd "$2"
-dmesg | grep -c 'qcow2dedup.*refused' >/dev/null
 echo "smoke: ok"
