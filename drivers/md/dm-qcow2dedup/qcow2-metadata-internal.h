@@ -61,5 +61,6 @@ int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 
 /* qcow2-metadata.c */
 int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from);
+int qcow2_md_write_be64(struct qcow2_metadata *md, u64 pos, u64 value);
 
 #endif /* DM_QCOW2DEDUP_METADATA_INTERNAL_H */

@@ -96,7 +96,7 @@ int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 }
 
 /* Write one big-endian 64-bit metadata word at device offset @pos. */
-static int write_be64(struct qcow2_metadata *md, u64 pos, u64 value)
+int qcow2_md_write_be64(struct qcow2_metadata *md, u64 pos, u64 value)
 {
 	struct dm_buffer *b;
 	void *data;
@@ -552,7 +552,7 @@ static int apply_pending(struct qcow2_metadata *md)
 	xa_for_each(&md->pending_l1, idx, p) {
 		u64 e = qcow2_encode_l1_entry(xa_to_value(p) & ~1ULL, true);
 
-		r = write_be64(md, g->l1_table_offset + idx * sizeof(u64), e);
+		r = qcow2_md_write_be64(md, g->l1_table_offset + idx * sizeof(u64), e);
 		if (r)
 			return r;
 		WRITE_ONCE(md->l1[idx], e);
@@ -565,7 +565,7 @@ static int apply_pending(struct qcow2_metadata *md)
 			DMERR("staged entry for guest cluster %lu has no writable L2 table", idx);
 			return -EUCLEAN;
 		}
-		r = write_be64(md, (l1e & QCOW2_L1E_OFFSET_MASK) +
+		r = qcow2_md_write_be64(md, (l1e & QCOW2_L1E_OFFSET_MASK) +
 			       (u64)qcow2_l2_index(g, guest_off) * sizeof(u64),
 			       pending_decode(p));
 		if (r)

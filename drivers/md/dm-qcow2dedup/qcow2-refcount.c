@@ -109,17 +109,7 @@ int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 static int write_reftable_entry(struct qcow2_metadata *md, u64 table_off,
 				u64 index, u64 value)
 {
-	u64 pos = table_off + index * sizeof(u64);
-	struct dm_buffer *b;
-	void *data;
-
-	data = dm_bufio_read(md->bufio, pos >> md->block_bits, &b);
-	if (IS_ERR(data))
-		return PTR_ERR(data);
-	put_unaligned_be64(value, data + (pos & (BIT_ULL(md->block_bits) - 1)));
-	dm_bufio_mark_buffer_dirty(b);
-	dm_bufio_release(b);
-	return 0;
+	return qcow2_md_write_be64(md, table_off + index * sizeof(u64), value);
 }
 
 static int set_rc(struct qcow2_metadata *md, u64 refblock, u64 cluster,
