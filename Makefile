@@ -6,6 +6,7 @@
 #   make deps       install (apt) everything the build, tests and demo need
 #   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke
 #   make demo       the main job on a generated image, in UML
+#   make bench      dedup throughput and index memory (not part of check)
 #
 # Kernel outputs live in a cache outside the clone (QCOW2DEDUP_CACHE).
 
@@ -20,12 +21,12 @@ KUNITCFG  := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/uml/uml.config
 JOBS      ?= $(shell nproc)
 
-.PHONY: all module deps uml kunit e2e smoke static checkpatch sparse check demo install clean help
+.PHONY: all module deps uml kunit e2e smoke static checkpatch sparse check demo bench install clean help
 
 all: module
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' Makefile
+	@sed -n '3,11s/^# \{0,1\}//p' Makefile
 
 module: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m W=1 modules
@@ -69,6 +70,11 @@ check:
 
 demo:
 	tools/demo
+
+# Throughput with and without dedup against dm-linear, in a UML kernel
+# without debugging options (built on first use).  Prints numbers only.
+bench: deps
+	tools/testing/bench/dedup-bench
 
 install: module
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m modules_install

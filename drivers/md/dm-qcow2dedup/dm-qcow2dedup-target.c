@@ -26,115 +26,28 @@
  * runs on REQ_PREFLUSH, for REQ_FUA writes, every commit period, when much
  * is staged, and on suspend.  A flush or FUA bio completes only after it.
  *
- * Reuse of freed clusters.  Every bio remapped to a host cluster holds an
- * SRCU read lock (srcu_down_read() in map, srcu_up_read() at end_io); a
- * commit waits for the readers of clusters it is about to free, so a freed
- * cluster is never reused while a bio still reads or writes it.
+ * Reuse of freed clusters.  Every bio remapped to a host cluster is counted
+ * as a reader from map() to end_io (io_hold()); a commit waits for the
+ * readers of clusters it is about to free, so a freed cluster is never
+ * reused while a bio still reads or writes it.
  *
  * Modes.  A metadata I/O error switches the target from "write" to
  * "read-only" (writes fail, reads go on from what is in memory; nothing more
  * is written to the metadata), and a second one to "fail" (all I/O fails).
  */
-#include <linux/bio.h>
-#include <linux/device-mapper.h>
 #include <linux/dm-io.h>
 #include <linux/module.h>
-#include <linux/rbtree.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
-#include <linux/spinlock.h>
-#include <linux/srcu.h>
 #include <linux/vmalloc.h>
-#include <linux/workqueue.h>
 
+#include "dm-qcow2dedup.h"
 #include "qcow2-decompress.h"
-#include "qcow2-metadata.h"
 
-#define DM_MSG_PREFIX "qcow2dedup"
-
-/* Commit at least this often while something is staged. */
-#define COMMIT_PERIOD		HZ
-/* Commit when this many entries and decrements are staged. */
-#define COMMIT_THRESHOLD	4096
-/* Memory for buffered (partial-cluster) writes in flight. */
-#define BUFFERED_BYTES		(32U << 20)
-
-enum qcow2_mode {
-	MODE_WRITE,
-	MODE_READ_ONLY,
-	MODE_FAIL,
-};
-
-static const char * const mode_names[] = {
+const char * const qcow2dedup_mode_names[] = {
 	[MODE_WRITE] = "write",
 	[MODE_READ_ONLY] = "read-only",
 	[MODE_FAIL] = "fail",
-};
-
-struct qcow2dedup {
-	struct dm_target *ti;
-	struct dm_dev *dev;
-	struct qcow2_metadata *md;
-	const struct qcow2_geometry *geo;
-	bool writable;			/* the table was loaded read-write */
-	enum qcow2_mode mode;		/* READ_ONCE in map(); worker writes */
-
-	struct workqueue_struct *wq;
-	struct work_struct worker;
-	struct delayed_work waker;	/* commit period */
-
-	spinlock_t lock;		/* protects the three lists below */
-	struct bio_list deferred;
-	struct bio_list flushes;
-	struct list_head completed;	/* ops whose data write is done */
-
-	struct srcu_struct io_srcu;	/* bios remapped to host clusters */
-	struct bio_set bs;
-	struct dm_io_client *io;
-
-	/*
-	 * Worker-only state: @busy holds the operations in flight by guest
-	 * cluster; @commit_waiters the bios that complete after the next
-	 * commit; @cbuf/@dbuf the compressed input and the last decompressed
-	 * cluster (valid while @dbuf_offset is non-zero).
-	 */
-	struct rb_root busy;
-	struct bio_list commit_waiters;
-	unsigned int buffered_ops;
-	unsigned int max_buffered_ops;
-	bool autoclear_done;
-	bool commit_due;
-	bool resumed;			/* preresume has run once */
-	struct qcow2_decompressor *dc;
-	void *cbuf;
-	void *dbuf;
-	u64 dbuf_offset;
-
-	atomic64_t reads_deferred;
-	atomic64_t reads_compressed;
-	atomic64_t clusters_allocated;
-	atomic64_t cow_copies;
-};
-
-/* Per-bio data. */
-struct qcow2_bio {
-	int srcu_idx;
-	bool srcu_held;
-	atomic_t remaining;		/* write-zeroes pieces in flight + 1 */
-	blk_status_t status;
-};
-
-/* A write of one whole cluster to a newly allocated host cluster. */
-struct qcow2_op {
-	struct rb_node node;		/* in @busy */
-	struct list_head list;		/* in @completed */
-	struct qcow2dedup *q;
-	u64 guest_cluster;
-	u64 host_off;
-	struct bio *bio;		/* the bio that started it */
-	struct bio_list waiters;	/* later bios for the same cluster */
-	void *buf;			/* buffered write, or NULL for a clone */
-	blk_status_t status;
 };
 
 static struct kmem_cache *op_cache;
@@ -144,7 +57,7 @@ static struct qcow2_bio *pb(struct bio *bio)
 	return dm_per_bio_data(bio, sizeof(struct qcow2_bio));
 }
 
-static const char *dev_name_of(struct qcow2dedup *q)
+const char *qcow2dedup_dev_name(struct qcow2dedup *q)
 {
 	return dm_table_device_name(q->ti->table);
 }
@@ -154,7 +67,7 @@ static u64 guest_offset(struct qcow2dedup *q, struct bio *bio)
 	return (u64)dm_target_offset(q->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
 }
 
-static void wake_worker(struct qcow2dedup *q)
+void qcow2dedup_wake(struct qcow2dedup *q)
 {
 	queue_work(q->wq, &q->worker);
 }
@@ -166,59 +79,81 @@ static void defer_bio(struct qcow2dedup *q, struct bio *bio)
 	spin_lock_irqsave(&q->lock, flags);
 	bio_list_add(&q->deferred, bio);
 	spin_unlock_irqrestore(&q->lock, flags);
-	wake_worker(q);
+	qcow2dedup_wake(q);
 }
 
 /* A metadata I/O error: write -> read-only -> fail. */
-static void metadata_error(struct qcow2dedup *q, const char *what, int r)
+void qcow2dedup_metadata_error(struct qcow2dedup *q, const char *what, int r)
 {
 	enum qcow2_mode old = q->mode, new = old == MODE_WRITE ? MODE_READ_ONLY : MODE_FAIL;
 
 	if (old == MODE_FAIL)
 		return;
 	WRITE_ONCE(q->mode, new);
-	DMERR("%s: metadata %s failed (%d): switching to %s mode", dev_name_of(q),
-	      what, r, mode_names[new]);
-}
-
-static void wait_for_readers(void *ctx)
-{
-	struct qcow2dedup *q = ctx;
-
-	synchronize_srcu(&q->io_srcu);
+	DMERR("%s: metadata %s failed (%d): switching to %s mode", qcow2dedup_dev_name(q),
+	      what, r, qcow2dedup_mode_names[new]);
 }
 
 /*
- * The SRCU read lock of a remapped bio is taken in map() or the worker and
- * dropped in end_io, in another context: tell sparse the hand-over is meant.
+ * Readers of host clusters.  Every bio remapped to a host cluster is
+ * counted in the current generation from map() (or the worker) until its
+ * end_io; a commit about to free clusters starts a new generation and waits
+ * for the old one to drain.  Commits are serialised by the worker, so two
+ * generations suffice.
+ *
+ * Not SRCU: with srcu_down_read() in map() and srcu_up_read() in end_io
+ * (irq context), Tiny SRCU (!SMP kernels, User-Mode Linux) updates its
+ * nesting count non-atomically and skips the grace-period wake-up when the
+ * last reader leaves from an irq, so synchronize_srcu() could wait forever.
  */
+static void wait_for_readers(void *ctx)
+{
+	struct qcow2dedup *q = ctx;
+	unsigned int idx;
+
+	spin_lock_irq(&q->io_lock);
+	idx = q->io_gen++ & 1;
+	spin_unlock_irq(&q->io_lock);
+	wait_event(q->io_wait, !READ_ONCE(q->io_count[idx]));
+}
+
 static int io_hold(struct qcow2dedup *q)
 {
-	int idx = srcu_down_read(&q->io_srcu);
+	unsigned long flags;
+	int idx;
 
-	__release(&q->io_srcu);
+	spin_lock_irqsave(&q->io_lock, flags);
+	idx = q->io_gen & 1;
+	q->io_count[idx]++;
+	spin_unlock_irqrestore(&q->io_lock, flags);
 	return idx;
 }
 
 static void io_unhold(struct qcow2dedup *q, int idx)
 {
-	__acquire(&q->io_srcu);
-	srcu_up_read(&q->io_srcu, idx);
+	unsigned long flags;
+	bool last;
+
+	spin_lock_irqsave(&q->io_lock, flags);
+	last = !--q->io_count[idx];
+	spin_unlock_irqrestore(&q->io_lock, flags);
+	if (last)
+		wake_up(&q->io_wait);
 }
 
-/* Remap @bio to host byte @host_off and hold the SRCU read lock until end_io. */
+/* Remap @bio to host byte @host_off; it stays counted as a reader until end_io. */
 static void remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
-		       int srcu_idx)
+		       int io_idx)
 {
-	pb(bio)->srcu_idx = srcu_idx;
-	pb(bio)->srcu_held = true;
+	pb(bio)->io_idx = io_idx;
+	pb(bio)->io_held = true;
 	bio_set_dev(bio, q->dev->bdev);
 	bio->bi_iter.bi_sector = host_off >> SECTOR_SHIFT;
 }
 
 /* Synchronous dm-io of @len bytes of kernel memory at device byte @off. */
-static int sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
-		   u64 len)
+int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
+		       u64 len)
 {
 	struct dm_io_region region = {
 		.bdev = q->dev->bdev,
@@ -246,14 +181,14 @@ static int load_compressed(struct qcow2dedup *q,
 	if (q->dbuf_offset == info->host_offset)
 		return 0;
 	q->dbuf_offset = 0;
-	r = sync_io(q, REQ_OP_READ, q->cbuf, start, round_up(end - start, SECTOR_SIZE));
+	r = qcow2dedup_sync_io(q, REQ_OP_READ, q->cbuf, start, round_up(end - start, SECTOR_SIZE));
 	if (r)
 		return r;
 	r = qcow2_decompress(q->dc, q->cbuf + (info->host_offset - start),
 			     end - info->host_offset, q->dbuf, q->geo->cluster_size);
 	if (r) {
 		DMERR_LIMIT("%s: corrupt compressed cluster at host offset %llu",
-			    dev_name_of(q), info->host_offset);
+			    qcow2dedup_dev_name(q), info->host_offset);
 		return r;
 	}
 	q->dbuf_offset = info->host_offset;
@@ -273,7 +208,7 @@ static void copy_to_bio(struct qcow2dedup *q, struct bio *bio, const void *data)
 	}
 }
 
-static void copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
+void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
 {
 	u64 off = qcow2_offset_in_cluster(q->geo, guest_offset(q, bio));
 	struct bvec_iter iter;
@@ -312,7 +247,7 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	}
 	if (r) {
 		DMERR_LIMIT("%s: metadata read failed for guest offset %llu: %d",
-			    dev_name_of(q), off, r);
+			    qcow2dedup_dev_name(q), off, r);
 		return DM_MAPIO_KILL;
 	}
 	switch (type) {
@@ -336,7 +271,7 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 		return DM_MAPIO_SUBMITTED;
 	default:
 		DMERR_LIMIT("%s: corrupt L2 entry for guest offset %llu",
-			    dev_name_of(q), off);
+			    qcow2dedup_dev_name(q), off);
 		return DM_MAPIO_KILL;
 	}
 }
@@ -359,7 +294,7 @@ static int op_cmp_key(const void *key, const struct rb_node *node)
 	return gc < other ? -1 : gc > other;
 }
 
-static bool op_less(struct rb_node *a, const struct rb_node *b)
+bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b)
 {
 	return rb_entry(a, struct qcow2_op, node)->guest_cluster <
 	       rb_entry(b, struct qcow2_op, node)->guest_cluster;
@@ -381,7 +316,7 @@ static void op_done(struct qcow2_op *op, blk_status_t status)
 	spin_lock_irqsave(&q->lock, flags);
 	list_add_tail(&op->list, &q->completed);
 	spin_unlock_irqrestore(&q->lock, flags);
-	wake_worker(q);
+	qcow2dedup_wake(q);
 }
 
 static void clone_endio(struct bio *clone)
@@ -393,7 +328,7 @@ static void clone_endio(struct bio *clone)
 	op_done(op, status);
 }
 
-static void buffered_endio(unsigned long error, void *context)
+void qcow2dedup_buffered_endio(unsigned long error, void *context)
 {
 	op_done(context, error ? BLK_STS_IOERR : BLK_STS_OK);
 }
@@ -416,12 +351,12 @@ static int commit_now(struct qcow2dedup *q)
 	int r = qcow2_md_commit(q->md, false);
 
 	if (r)
-		metadata_error(q, "commit", r);
+		qcow2dedup_metadata_error(q, "commit", r);
 	return r;
 }
 
 /* Allocate a cluster; if none is free, commit staged frees and retry once. */
-static int alloc_cluster(struct qcow2dedup *q, u64 *host_off)
+int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
 {
 	int r = qcow2_md_alloc(q->md, host_off);
 
@@ -433,29 +368,42 @@ static int alloc_cluster(struct qcow2dedup *q, u64 *host_off)
 	return r;
 }
 
-static blk_status_t alloc_error(struct qcow2dedup *q, int r)
+/* Make the L2 table of @guest_off writable; commit staged frees if full. */
+int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off)
+{
+	int r = qcow2_md_prepare_write(q->md, guest_off);
+
+	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+		r = commit_now(q);
+		if (!r)
+			r = qcow2_md_prepare_write(q->md, guest_off);
+	}
+	return r;
+}
+
+blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r)
 {
 	if (r == -ENOSPC) {
-		DMERR_LIMIT("%s: no free cluster on the device", dev_name_of(q));
+		DMERR_LIMIT("%s: no free cluster on the device", qcow2dedup_dev_name(q));
 		return BLK_STS_NOSPC;
 	}
 	if (r == -ENOMEM)
 		return BLK_STS_RESOURCE;
 	/* A failed commit on the way has already switched the mode. */
 	if (READ_ONCE(q->mode) == MODE_WRITE)
-		metadata_error(q, "allocation", r);
+		qcow2dedup_metadata_error(q, "allocation", r);
 	return BLK_STS_IOERR;
 }
 
 /* Fill @buf with the current contents of the cluster described by @type/@info. */
-static int read_old_cluster(struct qcow2dedup *q, enum qcow2_cluster_type type,
-			    const struct qcow2_l2e_info *info, void *buf)
+int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
+			const struct qcow2_l2e_info *info, void *buf)
 {
 	int r;
 
 	switch (type) {
 	case QCOW2_CLUSTER_NORMAL:
-		return sync_io(q, REQ_OP_READ, buf, info->host_offset,
+		return qcow2dedup_sync_io(q, REQ_OP_READ, buf, info->host_offset,
 			       q->geo->cluster_size);
 	case QCOW2_CLUSTER_COMPRESSED:
 		r = load_compressed(q, info);
@@ -486,15 +434,11 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 
 	if (!whole && q->buffered_ops >= q->max_buffered_ops)
 		return -EAGAIN;
-	op = kmem_cache_zalloc(op_cache, GFP_NOIO);
+	op = qcow2dedup_op_new(q, bio, gc);
 	if (!op) {
 		*status = BLK_STS_RESOURCE;
 		return -ENOMEM;
 	}
-	op->q = q;
-	op->guest_cluster = gc;
-	op->bio = bio;
-	bio_list_init(&op->waiters);
 	if (!whole) {
 		noio = memalloc_noio_save();
 		op->buf = kvmalloc(cs, GFP_KERNEL);
@@ -504,7 +448,7 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 			*status = BLK_STS_RESOURCE;
 			return -ENOMEM;
 		}
-		r = read_old_cluster(q, type, info, op->buf);
+		r = qcow2dedup_read_old(q, type, info, op->buf);
 		if (r) {
 			*status = BLK_STS_IOERR;
 			goto bad;
@@ -512,25 +456,20 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		if (zeroes)
 			memset(op->buf + in, 0, len);
 		else
-			copy_from_bio(q, bio, op->buf);
+			qcow2dedup_copy_from_bio(q, bio, op->buf);
 	}
 
-	r = qcow2_md_prepare_write(q->md, guest_off);
-	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
-		r = commit_now(q);
-		if (!r)
-			r = qcow2_md_prepare_write(q->md, guest_off);
-	}
+	r = qcow2dedup_prepare_write(q, guest_off);
 	if (!r)
-		r = alloc_cluster(q, &op->host_off);
+		r = qcow2dedup_alloc(q, &op->host_off);
 	if (r) {
-		*status = alloc_error(q, r);
+		*status = qcow2dedup_alloc_error(q, r);
 		goto bad;
 	}
 	atomic64_inc(&q->clusters_allocated);
 	if (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED)
 		atomic64_inc(&q->cow_copies);
-	rb_add(&op->node, &q->busy, op_less);
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 
 	if (whole) {
 		struct bio *clone = bio_alloc_clone(q->dev->bdev, bio, GFP_NOIO, &q->bs);
@@ -550,7 +489,7 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 			.bi_opf = REQ_OP_WRITE,
 			.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
 			.mem.ptr.addr = op->buf,
-			.notify.fn = buffered_endio,
+			.notify.fn = qcow2dedup_buffered_endio,
 			.notify.context = op,
 			.client = q->io,
 		};
@@ -560,36 +499,49 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	}
 	return 0;
 bad:
-	kvfree(op->buf);
-	kmem_cache_free(op_cache, op);
+	qcow2dedup_op_free(op);
 	return -EIO;
 }
 
-/* The data write of @op is done: stage the new mapping and wake waiters. */
-static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
+/**
+ * qcow2dedup_stage() - stage a new mapping of a guest cluster and tell the
+ *	dedup index that the old one is gone.
+ * @q: target.
+ * @guest_off: guest byte offset in the cluster.
+ * @type: as for qcow2_md_stage().
+ * @host_off: as for qcow2_md_stage().
+ * @copied: as for qcow2_md_stage().
+ */
+int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
+		     enum qcow2_cluster_type type, u64 host_off, bool copied)
 {
-	u64 guest_off = op->guest_cluster << q->geo->cluster_bits;
-	blk_status_t status = op->status;
-	unsigned long flags;
+	u64 old_host;
 	int r;
+
+	r = qcow2_md_stage(q->md, guest_off, type, host_off, copied, &old_host);
+	if (!r && old_host && q->dedup)
+		qcow2dedup_drop_ref(q, old_host, guest_off >> q->geo->cluster_bits);
+	return r;
+}
+
+/**
+ * qcow2dedup_op_release() - the end of an operation: complete its bio with
+ *	@status (after the next commit for FUA), let the bios that waited for
+ *	its guest cluster go, free it.
+ * @q: target.
+ * @op: the operation, in @q->busy.
+ * @status: the bio's status.
+ */
+void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
+			   blk_status_t status)
+{
+	unsigned long flags;
 
 	rb_erase(&op->node, &q->busy);
 	if (op->buf) {
 		q->buffered_ops--;
 		kvfree(op->buf);
 	}
-	if (status) {
-		qcow2_md_release(q->md, op->host_off);
-	} else if (READ_ONCE(q->mode) != MODE_WRITE) {
-		status = BLK_STS_IOERR;
-	} else {
-		r = qcow2_md_stage(q->md, guest_off, QCOW2_CLUSTER_NORMAL, op->host_off);
-		if (r) {
-			metadata_error(q, "update", r);
-			status = BLK_STS_IOERR;
-		}
-	}
-
 	if (bio_op(op->bio) == REQ_OP_WRITE_ZEROES) {
 		piece_done(op->bio, status);
 	} else if (status) {
@@ -610,6 +562,59 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	kmem_cache_free(op_cache, op);
 }
 
+/**
+ * qcow2dedup_op_new() - a new operation on guest cluster @gc for @bio.
+ * @q: target.
+ * @bio: the bio.
+ * @gc: guest cluster index.
+ *
+ * Return: the operation, not yet in @q->busy, or NULL (no memory).
+ */
+struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc)
+{
+	struct qcow2_op *op = kmem_cache_zalloc(op_cache, GFP_NOIO);
+
+	if (!op)
+		return NULL;
+	op->q = q;
+	op->guest_cluster = gc;
+	op->bio = bio;
+	bio_list_init(&op->waiters);
+	return op;
+}
+
+void qcow2dedup_op_free(struct qcow2_op *op)
+{
+	kvfree(op->buf);
+	kmem_cache_free(op_cache, op);
+}
+
+/* The data write of @op is done: stage the new mapping, then release it. */
+static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	u64 guest_off = op->guest_cluster << q->geo->cluster_bits;
+	blk_status_t status = op->status;
+	int r;
+
+	if (op->dedup) {
+		qcow2dedup_hashed_done(q, op);
+		return;
+	}
+	if (status) {
+		qcow2_md_release(q->md, op->host_off);
+	} else if (READ_ONCE(q->mode) != MODE_WRITE) {
+		status = BLK_STS_IOERR;
+	} else {
+		r = qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
+				     op->host_off, true);
+		if (r) {
+			qcow2dedup_metadata_error(q, "update", r);
+			status = BLK_STS_IOERR;
+		}
+	}
+	qcow2dedup_op_release(q, op, status);
+}
+
 /* First write of this activation: clear unknown autoclear bits first. */
 static int before_first_write(struct qcow2dedup *q)
 {
@@ -619,7 +624,7 @@ static int before_first_write(struct qcow2dedup *q)
 		return 0;
 	r = qcow2_md_clear_autoclear(q->md);
 	if (r) {
-		metadata_error(q, "header update", r);
+		qcow2dedup_metadata_error(q, "header update", r);
 		return r;
 	}
 	WRITE_ONCE(q->autoclear_done, true);
@@ -648,7 +653,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 
 	/*
 	 * In place, FUA needs the mapping on disk too: commit first (not
-	 * under the SRCU read lock, which a commit may wait for).
+	 * while counted as a reader, which a commit may wait for).
 	 */
 	if ((bio->bi_opf & REQ_FUA) &&
 	    !qcow2_md_lookup(q->md, off, true, &type, &info, &pending) &&
@@ -658,22 +663,31 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	}
 	idx = io_hold(q);
 	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
-	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied) {
+	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied &&
+	    (!q->dedup || bio->bi_iter.bi_size < q->geo->cluster_size)) {
+		/* Its digest no longer describes the cluster: unindex it. */
+		if (q->dedup)
+			qcow2dedup_forget_host(q, info.host_offset);
 		remap_held(q, bio, info.host_offset + in, idx);
 		dm_submit_bio_remap(bio, NULL);
 		return 0;
 	}
 	io_unhold(q, idx);
 	if (r) {
-		metadata_error(q, "read", r);
+		qcow2dedup_metadata_error(q, "read", r);
 		goto fail;
 	}
 	if (type == QCOW2_CLUSTER_INVALID) {
 		DMERR_LIMIT("%s: corrupt L2 entry for guest offset %llu",
-			    dev_name_of(q), off);
+			    qcow2dedup_dev_name(q), off);
 		goto fail;
 	}
-	r = start_op(q, bio, gc, in, bio->bi_iter.bi_size, false, type, &info, &status);
+	if (q->dedup)
+		r = qcow2dedup_start_hashed(q, bio, gc, in, bio->bi_iter.bi_size,
+					    type, &info, &status);
+	else
+		r = start_op(q, bio, gc, in, bio->bi_iter.bi_size, false, type,
+			     &info, &status);
 	if (r == -EAGAIN)
 		return r;
 	if (r)
@@ -725,7 +739,7 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 
 		r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
 		if (r) {
-			metadata_error(q, "read", r);
+			qcow2dedup_metadata_error(q, "read", r);
 			p->status = BLK_STS_IOERR;
 			break;
 		}
@@ -739,9 +753,9 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 		if (len == cs) {
 			r = qcow2_md_prepare_write(q->md, off);
 			if (!r)
-				r = qcow2_md_stage(q->md, off, deallocated, 0);
+				r = qcow2dedup_stage(q, off, deallocated, 0, false);
 			if (r) {
-				p->status = alloc_error(q, r);
+				p->status = qcow2dedup_alloc_error(q, r);
 				break;
 			}
 			continue;
@@ -750,6 +764,8 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 			continue;
 		if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
 			/* Synchronous in place: the worker owns the cluster here. */
+			if (q->dedup)
+				qcow2dedup_forget_host(q, info.host_offset);
 			r = blkdev_issue_zeroout(q->dev->bdev,
 						 (info.host_offset + in) >> SECTOR_SHIFT,
 						 len >> SECTOR_SHIFT, GFP_NOIO,
@@ -803,6 +819,7 @@ static void do_worker(struct work_struct *ws)
 	struct bio_list bios = BIO_EMPTY_LIST, flushes = BIO_EMPTY_LIST;
 	struct qcow2_op *op, *tmp;
 	LIST_HEAD(completed);
+	LIST_HEAD(hashed);
 	struct bio *bio;
 
 	spin_lock_irq(&q->lock);
@@ -810,6 +827,14 @@ static void do_worker(struct work_struct *ws)
 	spin_unlock_irq(&q->lock);
 	list_for_each_entry_safe(op, tmp, &completed, list)
 		finish_op(q, op);
+
+	spin_lock_irq(&q->lock);
+	list_splice_init(&q->hashed, &hashed);
+	spin_unlock_irq(&q->lock);
+	list_for_each_entry_safe(op, tmp, &hashed, list) {
+		list_del_init(&op->list);
+		qcow2dedup_decide(q, op);
+	}
 
 	spin_lock_irq(&q->lock);
 	bio_list_merge_init(&bios, &q->deferred);
@@ -852,8 +877,27 @@ static void do_waker(struct work_struct *ws)
 	struct qcow2dedup *q = container_of(to_delayed_work(ws), struct qcow2dedup, waker);
 
 	q->commit_due = true;
-	wake_worker(q);
+	qcow2dedup_wake(q);
 	queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
+}
+
+/*
+ * map(): may this write go in place into the COPIED cluster at @host_off?
+ * With dedup, whole clusters are hashed by the worker, and an indexed
+ * cluster must keep the contents its digest names.
+ */
+static bool may_write_in_place(struct qcow2dedup *q, struct bio *bio, u64 host_off)
+{
+	if (!q->dedup)
+		return true;
+	if (bio->bi_iter.bi_size >= q->geo->cluster_size)
+		return false;
+	/*
+	 * The worker indexes a cluster before any L2 entry points to it;
+	 * pairs with the release of its xarray stores.
+	 */
+	smp_rmb();
+	return !dedup_host_indexed(&q->index, host_off >> q->geo->cluster_bits);
 }
 
 static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
@@ -866,7 +910,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	bool pending;
 	int idx;
 
-	pb(bio)->srcu_held = false;
+	pb(bio)->io_held = false;
 	if (mode == MODE_FAIL)
 		return DM_MAPIO_KILL;
 
@@ -878,7 +922,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 		spin_lock_irqsave(&q->lock, flags);
 		bio_list_add(&q->flushes, bio);
 		spin_unlock_irqrestore(&q->lock, flags);
-		wake_worker(q);
+		qcow2dedup_wake(q);
 		return DM_MAPIO_SUBMITTED;
 	}
 
@@ -899,7 +943,8 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 
 	if (!q->writable || mode != MODE_WRITE) {
 		DMERR_LIMIT("%s: write refused: the target is in %s mode",
-			    dev_name_of(q), q->writable ? mode_names[mode] : "read-only");
+			    qcow2dedup_dev_name(q),
+			    q->writable ? qcow2dedup_mode_names[mode] : "read-only");
 		return DM_MAPIO_KILL;
 	}
 	/* Fast path: in place into a cluster whose refcount is one. */
@@ -907,7 +952,8 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	if (READ_ONCE(q->autoclear_done) &&
 	    !qcow2_md_lookup(q->md, guest_offset(q, bio), false, &type, &info, &pending) &&
 	    type == QCOW2_CLUSTER_NORMAL && info.copied &&
-	    !(pending && (bio->bi_opf & REQ_FUA))) {
+	    !(pending && (bio->bi_opf & REQ_FUA)) &&
+	    may_write_in_place(q, bio, info.host_offset)) {
 		remap_held(q, bio, info.host_offset +
 			   qcow2_offset_in_cluster(q->geo, guest_offset(q, bio)), idx);
 		return DM_MAPIO_REMAPPED;
@@ -923,9 +969,9 @@ static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 	struct qcow2dedup *q = ti->private;
 	struct qcow2_bio *p = pb(bio);
 
-	if (p->srcu_held) {
-		p->srcu_held = false;
-		io_unhold(q, p->srcu_idx);
+	if (p->io_held) {
+		p->io_held = false;
+		io_unhold(q, p->io_idx);
 	}
 	return DM_ENDIO_DONE;
 }
@@ -936,34 +982,90 @@ static void qcow2dedup_free(struct qcow2dedup *q)
 		cancel_delayed_work_sync(&q->waker);
 		destroy_workqueue(q->wq);
 	}
+	qcow2dedup_dedup_dtr(q);
 	if (q->io)
 		dm_io_client_destroy(q->io);
 	bioset_exit(&q->bs);
-	cleanup_srcu_struct(&q->io_srcu);
 	qcow2_decompressor_destroy(q->dc);
 	kvfree(q->cbuf);
 	kvfree(q->dbuf);
 	qcow2_md_close(q->md);
 	if (q->dev)
 		dm_put_device(q->ti, q->dev);
+	while (q->opt.argc)
+		kfree(q->opt.argv[--q->opt.argc]);
+	kfree(q->opt.argv);
 	kfree(q);
 }
 
-static int parse_options(struct dm_target *ti, struct dm_arg_set *as)
+/*
+ * Optional arguments (see the admin guide):
+ *   nodedup | verify | hash <alg> | index_limit <MiB>
+ * They are kept as given, for the table line.
+ */
+static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
+			 struct qcow2dedup_options *o)
 {
 	static const struct dm_arg _args[] = {
-		{0, 0, "Invalid number of optional arguments (this version takes none)"},
+		{0, 6, "Invalid number of optional arguments"},
 	};
-	unsigned int argc;
+	bool hash = false;
+	unsigned int argc, i;
+	const char *arg;
 	int r;
 
+	strscpy(o->hash, "sha256", sizeof(o->hash));
 	if (!as->argc)
 		return 0;
 	r = dm_read_arg_group(_args, as, &argc, &ti->error);
 	if (r)
 		return r;
+	o->argv = kcalloc(argc, sizeof(char *), GFP_KERNEL);
+	if (!o->argv) {
+		ti->error = "Cannot allocate optional arguments";
+		return -ENOMEM;
+	}
+	for (i = 0; i < argc; i++) {
+		o->argv[i] = kstrdup(as->argv[i], GFP_KERNEL);
+		if (!o->argv[i]) {
+			ti->error = "Cannot allocate optional arguments";
+			return -ENOMEM;
+		}
+		o->argc++;
+	}
+	for (i = 0; i < argc; i++) {
+		arg = dm_shift_arg(as);
+		if (!strcasecmp(arg, "nodedup")) {
+			o->nodedup = true;
+		} else if (!strcasecmp(arg, "verify")) {
+			o->verify = true;
+		} else if (!strcasecmp(arg, "hash") && i + 1 < argc) {
+			arg = dm_shift_arg(as);
+			i++;
+			if (strscpy(o->hash, arg, sizeof(o->hash)) < 0) {
+				ti->error = "Hash algorithm name too long";
+				return -EINVAL;
+			}
+			hash = true;
+		} else if (!strcasecmp(arg, "index_limit") && i + 1 < argc) {
+			arg = dm_shift_arg(as);
+			i++;
+			if (kstrtou64(arg, 10, &o->index_limit_mib) || !o->index_limit_mib ||
+			    o->index_limit_mib > (U64_MAX >> 20)) {
+				ti->error = "Invalid index_limit (MiB, at least 1)";
+				return -EINVAL;
+			}
+		} else {
+			ti->error = "Unknown or incomplete optional argument";
+			return -EINVAL;
+		}
+	}
 	if (as->argc) {
 		ti->error = "Unexpected extra arguments";
+		return -EINVAL;
+	}
+	if (o->nodedup && (o->verify || hash || o->index_limit_mib)) {
+		ti->error = "nodedup excludes verify, hash and index_limit";
 		return -EINVAL;
 	}
 	return 0;
@@ -996,18 +1098,15 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	bio_list_init(&q->flushes);
 	bio_list_init(&q->commit_waiters);
 	INIT_LIST_HEAD(&q->completed);
+	INIT_LIST_HEAD(&q->hashed);
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);
 	q->busy = RB_ROOT;
-	r = init_srcu_struct(&q->io_srcu);
-	if (r) {
-		kfree(q);
-		ti->error = "Cannot initialise SRCU";
-		return r;
-	}
+	spin_lock_init(&q->io_lock);
+	init_waitqueue_head(&q->io_wait);
 
 	path = dm_shift_arg(&as);
-	r = parse_options(ti, &as);
+	r = parse_options(ti, &as, &q->opt);
 	if (r)
 		goto bad;
 
@@ -1036,6 +1135,7 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 	q->geo = qcow2_md_geometry(q->md);
+	qcow2_md_set_survivor_fn(q->md, qcow2dedup_survivor);
 
 	r = dm_set_target_max_io_len(ti, q->geo->cluster_size >> SECTOR_SHIFT);
 	if (r) {
@@ -1068,6 +1168,11 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate workqueue";
 		goto bad;
 	}
+	if (!q->opt.nodedup) {
+		r = qcow2dedup_dedup_ctr(q, ti);
+		if (r)
+			goto bad;
+	}
 
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
@@ -1093,7 +1198,7 @@ static void final_commit(struct qcow2dedup *q)
 		return;
 	r = qcow2_md_commit(q->md, true);
 	if (r)
-		metadata_error(q, "commit", r);
+		qcow2dedup_metadata_error(q, "commit", r);
 }
 
 static void qcow2dedup_dtr(struct dm_target *ti)
@@ -1139,13 +1244,14 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 			   q, &why);
 	if (IS_ERR(md)) {
 		DMERR("%s: cannot read the qcow2 metadata again: %s (%ld)",
-		      dev_name_of(q), PTR_ERR(md) == -EINVAL ?
+		      qcow2dedup_dev_name(q), PTR_ERR(md) == -EINVAL ?
 		      qcow2_err_str(why.err) : "I/O error", PTR_ERR(md));
 		return PTR_ERR(md);
 	}
 	qcow2_md_close(q->md);
 	q->md = md;
 	q->geo = qcow2_md_geometry(md);
+	qcow2_md_set_survivor_fn(md, qcow2dedup_survivor);
 	q->dbuf_offset = 0;
 	q->resumed = true;
 	return 0;
@@ -1163,15 +1269,15 @@ static void qcow2dedup_resume(struct dm_target *ti)
  * Status:
  *   INFO:  <mode> <qcow2_version> <cluster_size> <used_clusters>/<device_clusters>
  *	    <staged> <clusters_allocated> <cow_copies> <reads_deferred>
- *	    <reads_compressed>
- *   TABLE: <dev>
+ *	    <reads_compressed> <dedup_hits> <zero_clusters> <index_entries>
+ *   TABLE: <dev> [<#opt_args> <opt_args>...], as given
  */
 static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 			      unsigned int status_flags, char *result,
 			      unsigned int maxlen)
 {
 	struct qcow2dedup *q = ti->private;
-	const char *mode = q->writable ? mode_names[READ_ONCE(q->mode)] : "read-only";
+	const char *mode = q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] : "read-only";
 	unsigned int sz = 0;
 	u64 used = 0, total = 0;
 
@@ -1185,20 +1291,43 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 			       qcow2_md_nr_pending(q->md));
 		else
 			DMEMIT("-/- 0 ");
-		DMEMIT("%lld %lld %lld %lld",
+		DMEMIT("%lld %lld %lld %lld %lld %lld %llu",
 		       (long long)atomic64_read(&q->clusters_allocated),
 		       (long long)atomic64_read(&q->cow_copies),
 		       (long long)atomic64_read(&q->reads_deferred),
-		       (long long)atomic64_read(&q->reads_compressed));
+		       (long long)atomic64_read(&q->reads_compressed),
+		       (long long)atomic64_read(&q->dedup_hits),
+		       (long long)atomic64_read(&q->zero_clusters),
+		       READ_ONCE(q->index.entries));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s", q->dev->name);
+		if (q->opt.argc) {
+			unsigned int i;
+
+			DMEMIT(" %u", q->opt.argc);
+			for (i = 0; i < q->opt.argc; i++)
+				DMEMIT(" %s", q->opt.argv[i]);
+		}
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
 		DMEMIT(",dev=%s,mode=%s;", q->dev->name, mode);
 		break;
 	}
+}
+
+/* dmsetup message <dev> 0 stats: one "name value" line per counter. */
+static int qcow2dedup_message(struct dm_target *ti, unsigned int argc,
+			      char **argv, char *result, unsigned int maxlen)
+{
+	struct qcow2dedup *q = ti->private;
+
+	if (argc == 1 && !strcasecmp(argv[0], "stats"))
+		return qcow2dedup_stats(q, result, maxlen);
+	DMERR("%s: unknown message \"%s\" (known: stats)", qcow2dedup_dev_name(q),
+	      argc ? argv[0] : "");
+	return -EINVAL;
 }
 
 static int qcow2dedup_iterate_devices(struct dm_target *ti,
@@ -1232,7 +1361,7 @@ static void qcow2dedup_io_hints(struct dm_target *ti,
 
 static struct target_type qcow2dedup_target = {
 	.name = "qcow2dedup",
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2dedup_ctr,
 	.dtr = qcow2dedup_dtr,
@@ -1244,6 +1373,7 @@ static struct target_type qcow2dedup_target = {
 	.preresume = qcow2dedup_preresume,
 	.resume = qcow2dedup_resume,
 	.status = qcow2dedup_status,
+	.message = qcow2dedup_message,
 	.iterate_devices = qcow2dedup_iterate_devices,
 	.io_hints = qcow2dedup_io_hints,
 };
@@ -1255,15 +1385,24 @@ static int __init dm_qcow2dedup_init(void)
 	op_cache = KMEM_CACHE(qcow2_op, 0);
 	if (!op_cache)
 		return -ENOMEM;
+	r = dedup_cache_create();
+	if (r)
+		goto bad_op;
 	r = dm_register_target(&qcow2dedup_target);
 	if (r)
-		kmem_cache_destroy(op_cache);
+		goto bad_dedup;
+	return 0;
+bad_dedup:
+	dedup_cache_destroy();
+bad_op:
+	kmem_cache_destroy(op_cache);
 	return r;
 }
 
 static void __exit dm_qcow2dedup_exit(void)
 {
 	dm_unregister_target(&qcow2dedup_target);
+	dedup_cache_destroy();
 	kmem_cache_destroy(op_cache);
 }
 

@@ -45,8 +45,23 @@ struct qcow2_metadata {
 	u64 used_clusters;		/* clusters with a non-zero refcount */
 	u64 free_hint;			/* where the allocator looks first */
 
+	/*
+	 * COPIED restoration (qcow2-copied.c): clusters whose refcount fell to
+	 * one.  @unique_next: in this commit's decrements; @unique_ready: in
+	 * an earlier commit's, so the refcount of one is on disk once the next
+	 * commit's first flush is done; @unique_scan: those the target could
+	 * not name the remaining referrer of, left for a scan of the L2 tables.
+	 */
+	struct xarray unique_next;
+	struct xarray unique_ready;
+	struct xarray unique_scan;
+	unsigned long nr_scan;
+	unsigned long last_scan;	/* jiffies */
+
 	/* Called between writing references and dropping refcounts. */
 	void (*wait_for_readers)(void *ctx);
+	/* Names the one guest cluster still pointing at a host cluster. */
+	bool (*survivor)(void *ctx, u64 host_cluster, u64 *guest_cluster);
 	void *ctx;
 };
 
@@ -62,5 +77,11 @@ int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 /* qcow2-metadata.c */
 int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from);
 int qcow2_md_write_be64(struct qcow2_metadata *md, u64 pos, u64 value);
+
+/* qcow2-copied.c */
+int qcow2_copied_restore(struct qcow2_metadata *md, bool final);
+void qcow2_copied_note(struct qcow2_metadata *md, u64 cluster);
+void qcow2_copied_advance(struct qcow2_metadata *md);
+void qcow2_copied_destroy(struct qcow2_metadata *md);
 
 #endif /* DM_QCOW2DEDUP_METADATA_INTERNAL_H */

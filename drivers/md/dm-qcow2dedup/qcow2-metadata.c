@@ -255,6 +255,9 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 	xa_init(&md->pending);
 	xa_init(&md->pending_l1);
 	xa_init(&md->decrements);
+	xa_init(&md->unique_next);
+	xa_init(&md->unique_ready);
+	xa_init(&md->unique_scan);
 
 	/* A 512-byte client first: the cluster size is not known yet. */
 	md->block_bits = SECTOR_SHIFT;
@@ -312,6 +315,7 @@ void qcow2_md_close(struct qcow2_metadata *md)
 	xa_destroy(&md->pending);
 	xa_destroy(&md->pending_l1);
 	xa_destroy(&md->decrements);
+	qcow2_copied_destroy(md);
 	if (md->bufio)
 		dm_bufio_client_destroy(md->bufio);
 	kvfree(md->reftable);
@@ -514,12 +518,16 @@ static int drop_old(struct qcow2_metadata *md, enum qcow2_cluster_type type,
  * @guest_off: guest byte offset in the cluster.
  * @type: NORMAL (at @host_off, refcount one), ZERO_PLAIN or UNALLOCATED.
  * @host_off: for NORMAL, the cluster, whose data is already on the device.
+ * @copied: for NORMAL, the refcount is one (COPIED); else it is shared.
+ * @old_host: if not NULL, the host cluster offset of the old mapping if it
+ *	was a standard cluster, else 0.
  *
  * The caller has called qcow2_md_prepare_write() for @guest_off.  The old
  * mapping's references are dropped at commit.
  */
 int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
-		   enum qcow2_cluster_type type, u64 host_off)
+		   enum qcow2_cluster_type type, u64 host_off, bool copied,
+		   u64 *old_host)
 {
 	u64 gc = guest_cluster(md, guest_off), entry;
 	struct qcow2_l2e_info info;
@@ -532,13 +540,118 @@ int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
 		return r;
 	if (old == QCOW2_CLUSTER_INVALID)
 		return -EUCLEAN;
-	entry = qcow2_encode_l2_entry(type, host_off, type == QCOW2_CLUSTER_NORMAL);
+	entry = qcow2_encode_l2_entry(type, host_off,
+				      type == QCOW2_CLUSTER_NORMAL && copied);
 	r = xa_err(xa_store(&md->pending, gc, pending_encode(entry), GFP_NOIO));
 	if (r)
 		return r;
 	if (!pending)
 		md->nr_pending++;
+	if (old_host)
+		*old_host = old == QCOW2_CLUSTER_NORMAL ? info.host_offset : 0;
 	return drop_old(md, old, &info);
+}
+
+/**
+ * qcow2_md_refcount() - the refcount of the cluster at @host_off.
+ * @md: metadata (writable).
+ * @host_off: a cluster's byte offset.
+ * @rc: its refcount.
+ */
+int qcow2_md_refcount(struct qcow2_metadata *md, u64 host_off, u64 *rc)
+{
+	return qcow2_rc_get(md, host_off >> md->geo.cluster_bits, rc);
+}
+
+/**
+ * qcow2_md_share() - one more reference to the data cluster at @host_off.
+ * @md: metadata (writable).
+ * @host_off: the cluster's byte offset; its refcount is below the maximum.
+ *
+ * The raised refcount is written in the first step of the next commit,
+ * before the L2 entry of the new reference (staged by the caller) in the
+ * second: a crash in between leaks the reference, never loses one.
+ */
+int qcow2_md_share(struct qcow2_metadata *md, u64 host_off)
+{
+	u64 rc;
+
+	return qcow2_rc_update(md, host_off >> md->geo.cluster_bits, 1, &rc);
+}
+
+/**
+ * qcow2_md_clear_copied() - clear COPIED in the L2 entry of @guest_off,
+ *	whose cluster is about to get a second reference.
+ * @md: metadata.
+ * @guest_off: a guest byte offset mapped to a standard cluster through a
+ *	writable L2 table.
+ *
+ * A staged entry is changed where it is staged.  An entry on disk is changed
+ * in its L2 buffer now, so that it reaches the disk in the first step of the
+ * next commit, before the new reference: QEMU must never see COPIED on a
+ * cluster that two entries share.  (COPIED clear on a refcount of one, the
+ * state of a crash in between, is only a conservative flag.)
+ */
+int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 gc = guest_cluster(md, guest_off), l1e, pos, e;
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	bool pending;
+	void *p;
+	int r;
+
+	p = xa_load(&md->pending, gc);
+	if (p) {
+		e = pending_decode(p) & ~QCOW2_OFLAG_COPIED;
+		return xa_err(xa_store(&md->pending, gc, pending_encode(e), GFP_NOIO));
+	}
+	r = qcow2_md_lookup(md, guest_off, true, &type, &info, &pending);
+	if (r)
+		return r;
+	l1e = md->l1[qcow2_l1_index(g, guest_off)];
+	if (type != QCOW2_CLUSTER_NORMAL || !(l1e & QCOW2_OFLAG_COPIED))
+		return -EUCLEAN;
+	if (!info.copied)
+		return 0;
+	pos = (l1e & QCOW2_L1E_OFFSET_MASK) +
+	      (u64)qcow2_l2_index(g, guest_off) * sizeof(u64);
+	return qcow2_md_write_be64(md, pos, info.raw & ~QCOW2_OFLAG_COPIED);
+}
+
+/**
+ * qcow2_md_set_copied() - stage COPIED on the L2 entry of @guest_off, the
+ *	last reference of its cluster.
+ * @md: metadata.
+ * @guest_off: a guest byte offset mapped to a standard cluster.
+ *
+ * The caller makes sure the refcount of one is on disk before the next
+ * commit writes this (it is staged, so it follows the commit's first flush).
+ */
+int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off)
+{
+	u64 gc = guest_cluster(md, guest_off), i = qcow2_l1_index(&md->geo, guest_off);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	bool pending;
+	int r;
+
+	/* Only a table of the active L1 alone is written. */
+	if (!xa_load(&md->pending_l1, i) && !(md->l1[i] & QCOW2_OFLAG_COPIED))
+		return 0;
+	r = qcow2_md_lookup(md, guest_off, true, &type, &info, &pending);
+	if (r)
+		return r;
+	if (type != QCOW2_CLUSTER_NORMAL)
+		return -EUCLEAN;
+	if (info.copied)
+		return 0;
+	r = xa_err(xa_store(&md->pending, gc,
+			    pending_encode(info.raw | QCOW2_OFLAG_COPIED), GFP_NOIO));
+	if (!r && !pending)
+		md->nr_pending++;
+	return r;
 }
 
 /* Step 2 of a commit: write the staged L1 and L2 entries. */
@@ -598,6 +711,8 @@ static int apply_decrements(struct qcow2_metadata *md)
 		r = qcow2_rc_update(md, c, -(s64)xa_to_value(p), &rc);
 		if (r)
 			return r;
+		if (rc == 1)
+			qcow2_copied_note(md, c);
 		if (!rc)
 			dm_bufio_forget_buffers(md->bufio,
 						((u64)c << md->geo.cluster_bits) >> md->block_bits,
@@ -615,29 +730,40 @@ static int apply_decrements(struct qcow2_metadata *md)
  *
  * When this returns 0, everything staged before the call is on stable
  * storage, and so is guest data written before the call completed.
+ * COPIED flags of clusters whose refcount fell to one are written one
+ * commit later (qcow2-copied.c); a final commit writes them too.
  * Return: 0 or an I/O error; after an error the on-disk image is still
  * consistent, but the staged changes are lost.
  */
 int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 {
-	int r;
+	int rounds = 3, r;
 
-	r = dm_bufio_write_dirty_buffers(md->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(md->bufio);
-	if (!r && (md->nr_pending || !xa_empty(&md->pending_l1)))
-		r = apply_pending(md);
-	if (!r && md->nr_decrements)
-		r = apply_decrements(md);
-	if (r)
-		return r;
-	if (final) {
+	do {
+		r = qcow2_copied_restore(md, final);
+		if (!r)
+			r = dm_bufio_write_dirty_buffers(md->bufio);
+		if (!r)
+			r = dm_bufio_issue_flush(md->bufio);
+		if (!r && (md->nr_pending || !xa_empty(&md->pending_l1)))
+			r = apply_pending(md);
+		if (!r && md->nr_decrements)
+			r = apply_decrements(md);
+		if (r)
+			return r;
+		qcow2_copied_advance(md);
+		if (!final) {
+			dm_bufio_write_dirty_buffers_async(md->bufio);
+			return 0;
+		}
 		r = dm_bufio_write_dirty_buffers(md->bufio);
 		if (!r)
 			r = dm_bufio_issue_flush(md->bufio);
-	} else {
-		dm_bufio_write_dirty_buffers_async(md->bufio);
-	}
+		/*
+		 * Refcounts that fell to one are on disk now: another round
+		 * writes the COPIED flags of their remaining references.
+		 */
+	} while (!r && --rounds && !xa_empty(&md->unique_ready));
 	return r;
 }
 
@@ -647,7 +773,23 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
  */
 bool qcow2_md_dirty(struct qcow2_metadata *md)
 {
-	return md->nr_pending || md->nr_decrements || !xa_empty(&md->pending_l1);
+	return md->nr_pending || md->nr_decrements || !xa_empty(&md->pending_l1) ||
+	       !xa_empty(&md->unique_ready) || md->nr_scan;
+}
+
+/**
+ * qcow2_md_set_survivor_fn() - tell the metadata who can name the one
+ *	remaining referrer of a cluster whose refcount fell to one.
+ * @md: metadata.
+ * @survivor: returns true and the guest cluster index, or false (the
+ *	metadata then finds it by scanning the L2 tables).  Called by the
+ *	worker inside qcow2_md_commit().
+ */
+void qcow2_md_set_survivor_fn(struct qcow2_metadata *md,
+			      bool (*survivor)(void *ctx, u64 host_cluster,
+					       u64 *guest_cluster))
+{
+	md->survivor = survivor;
 }
 
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md)

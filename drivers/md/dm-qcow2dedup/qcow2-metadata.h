@@ -39,9 +39,17 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off);
 int qcow2_md_release(struct qcow2_metadata *md, u64 host_off);
 int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
-		   enum qcow2_cluster_type type, u64 host_off);
+		   enum qcow2_cluster_type type, u64 host_off, bool copied,
+		   u64 *old_host);
+int qcow2_md_refcount(struct qcow2_metadata *md, u64 host_off, u64 *rc);
+int qcow2_md_share(struct qcow2_metadata *md, u64 host_off);
+int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off);
+int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_commit(struct qcow2_metadata *md, bool final);
 bool qcow2_md_dirty(struct qcow2_metadata *md);
+void qcow2_md_set_survivor_fn(struct qcow2_metadata *md,
+			      bool (*survivor)(void *ctx, u64 host_cluster,
+					       u64 *guest_cluster));
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md);
 void qcow2_md_usage(struct qcow2_metadata *md, u64 *used, u64 *total);
 

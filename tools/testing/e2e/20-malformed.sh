@@ -84,7 +84,22 @@ add_case table-length-short 0 $((SECTORS - 1)) "" \
 add_case table-length-long 0 $((SECTORS + 1)) "" \
 	"Target length does not match the image's virtual size" $((SECTORS + 1)) refuse
 add_case unknown-option 0 "$SECTORS" " 1 frobnicate" \
-	"Invalid number of optional arguments (this version takes none)" "" refuse
+	"Unknown or incomplete optional argument" "" refuse
+add_case hash-without-name 0 "$SECTORS" " 1 hash" \
+	"Unknown or incomplete optional argument" "" refuse
+add_case hash-unknown 0 "$SECTORS" " 2 hash nosuchhash" \
+	"Unknown hash algorithm (not an shash this kernel has)" "" refuse
+add_case hash-64bit-without-verify 0 "$SECTORS" " 2 hash xxhash64" \
+	"Hash digest shorter than 128 bits: add verify" "" refuse
+add_case index-limit-0 0 "$SECTORS" " 2 index_limit 0" \
+	"Invalid index_limit (MiB, at least 1)" "" refuse
+add_case index-limit-word 0 "$SECTORS" " 2 index_limit lots" \
+	"Invalid index_limit (MiB, at least 1)" "" refuse
+add_case nodedup-with-verify 0 "$SECTORS" " 2 nodedup verify" \
+	"nodedup excludes verify, hash and index_limit" "" refuse
+add_case too-many-options 0 "$SECTORS" " 7 verify verify verify verify verify verify verify" \
+	"Invalid number of optional arguments" "" refuse
+add_case all-options 0 "$SECTORS" " 5 hash blake2b-256 verify index_limit 4" "" "" accept
 add_case extra-argument 0 "$SECTORS" " 0 frobnicate" \
 	"Unexpected extra arguments" "" refuse
 

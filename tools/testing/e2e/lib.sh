@@ -30,3 +30,160 @@ sectors() {
 
 # uml [uml-run options] -- CMD...: run in UML, with the scenario's output.
 uml() { "$UML_RUN" "$@"; }
+
+# ---- Helpers of the dedup scenarios (40-43) ----
+
+# check_clean IMAGE: `qemu-img check` finds no error, corruption or leak
+# (an exact refcount for every cluster and the COPIED flag exactly where the
+# refcount is 1); fails the scenario with qemu-img's report otherwise.
+check_clean() {
+	qemu-img check --output=json "$1" >"$1.check.json" 2>/dev/null || true
+	python3 - "$1.check.json" <<'PY' || { qemu-img check "$1" || true; fail "$1: qemu-img check"; }
+import json, sys
+try:
+    c = json.load(open(sys.argv[1]))
+except ValueError:
+    sys.exit("qemu-img check produced no report")
+bad = {k: c.get(k, 0) for k in ("check-errors", "corruptions", "leaks")}
+print("# %s: image end %d KiB, errors %s" % (sys.argv[1][:-11], c.get("image-end-offset", 0) >> 10, bad))
+sys.exit(1 if any(bad.values()) else 0)
+PY
+}
+
+# want_stat FILE NAME OP VALUE: the line "NAME v" of FILE (a saved
+# `dmsetup message DEV 0 stats`, or status_named's output) satisfies
+# [ v OP VALUE ]; fails the scenario naming FILE, NAME and v otherwise.
+want_stat() {
+	local v
+	v=$(awk -v k="$2" '$1 == k { print $2; exit }' "$1")
+	[ -n "$v" ] || fail "$1: no '$2' value"
+	test "$v" "$3" "$4" || fail "$1: $2 is $v, want $3 $4"
+}
+
+# status_named STATUS_FILE: a saved `dmsetup status` line as "name value"
+# lines (fields 1..12 after "qcow2dedup", used/total split), for want_stat.
+status_named() {
+	awk '{ split($7, u, "/"); print "mode", $4; print "version", $5
+	       print "cluster_size", $6; print "used", u[1]; print "total", u[2]
+	       print "staged", $8; print "clusters_allocated", $9; print "cow_copies", $10
+	       print "reads_deferred", $11; print "reads_compressed", $12
+	       print "dedup_hits", $13; print "zero_clusters", $14; print "index_entries", $15 }' "$1"
+}
+
+# mapq IMAGE CLUSTER_SIZE QUERY...: assertions on where `qemu-img map` puts
+# each guest cluster (offsets and lengths in bytes, cluster-aligned):
+#   same:LEN:OFF1,OFF2,...  every cluster of [OFFk, OFFk+LEN) has data, at
+#                           the host cluster of its peer in [OFF1, OFF1+LEN)
+#   apart:LEN:OFF1,OFF2,... every cluster has data; the ranges share none
+#   hosts:N                 exactly N distinct host clusters hold guest data
+#   one:OFF:LEN             every cluster of the range has data, all on
+#                           one host cluster
+#   data:OFF:LEN            every cluster of the range has data
+#   nodata:OFF:LEN          no cluster of the range has data
+#   once:OFF:LEN            every cluster has data, at a host cluster that no
+#                           other guest cluster maps (refcount 1 when the
+#                           image is clean and has no snapshot)
+# Fails the scenario at the first query that does not hold.
+mapq() {
+	qemu-img map --output=json "$1" >"$1.map.json" || fail "$1: qemu-img map"
+	python3 - "$1.map.json" "${@:2}" <<'PY' || fail "$1: qemu-img map: see above"
+import collections, json, sys
+cs, g2h = int(sys.argv[2]), {}
+for x in json.load(open(sys.argv[1])):
+    if x["data"] and "offset" in x:
+        for o in range(0, x["length"], cs):
+            g2h[x["start"] + o] = x["offset"] + o
+refs = collections.Counter(g2h.values())
+def no(msg):
+    sys.exit("map: " + msg)
+def need(off, n):
+    for g in range(off, off + n, cs):
+        if g not in g2h:
+            no("guest cluster at %d has no data" % g)
+for q in sys.argv[3:]:
+    k, *a = q.split(":")
+    if k in ("same", "apart"):
+        n, offs = int(a[0]), [int(o) for o in a[1].split(",")]
+        for o in offs:
+            need(o, n)
+        for i in range(0, n, cs):
+            h = [g2h[o + i] for o in offs]
+            if k == "same" and len(set(h)) != 1:
+                no("clusters %s map to host %s, not one" % ([o + i for o in offs], h))
+        if k == "apart":
+            s = [{g2h[o + i] for i in range(0, n, cs)} for o in offs]
+            if len(set().union(*s)) != sum(map(len, s)):
+                no("ranges at %s share host clusters" % offs)
+    elif k == "hosts":
+        if len(refs) != int(a[0]):
+            no("%d distinct host clusters hold data, want %s" % (len(refs), a[0]))
+    elif k == "one":
+        need(int(a[0]), int(a[1]))
+        h = {g2h[g] for g in range(int(a[0]), int(a[0]) + int(a[1]), cs)}
+        if len(h) != 1:
+            no("[%s, +%s) is on %d host clusters, not one" % (a[0], a[1], len(h)))
+    elif k == "data":
+        need(int(a[0]), int(a[1]))
+    elif k == "nodata":
+        d = [g for g in range(int(a[0]), int(a[0]) + int(a[1]), cs) if g in g2h]
+        if d:
+            no("%d clusters of [%s, +%s) have data, first %d" % (len(d), a[0], a[1], d[0]))
+    elif k == "once":
+        need(int(a[0]), int(a[1]))
+        for g in range(int(a[0]), int(a[0]) + int(a[1]), cs):
+            if refs[g2h[g]] != 1:
+                no("host %d of guest %d is mapped %d times" % (g2h[g], g, refs[g2h[g]]))
+    else:
+        no("bad query " + q)
+print("# %s: map as expected (%d guest clusters with data on %d host clusters)"
+      % (sys.argv[1][:-9], len(g2h), len(refs)))
+PY
+}
+
+# run_inner TAG UML_ARGS...: run `bash TAG.sh` (in the current directory) in
+# UML and print its output; fails unless it exits 0 and printed "TAG-done".
+run_inner() {
+	local tag=$1 out
+	shift
+	out=$(uml "$@" -- bash "$tag.sh" 2>&1) || { echo "$out"; fail "$tag: UML run failed"; }
+	echo "$out"
+	grep -q "^$tag-done\$" <<<"$out" || fail "$tag: the inner script did not finish"
+}
+
+# inner_prelude: helpers for an inner script (source the file it goes to):
+#   bad MSG             report a failure, the script exits 1 at its end
+#   put FILE DEV MIB    write FILE at MIB MiB of DEV (O_DIRECT, 1 MiB blocks)
+#   same FILE DEV MIB   DEV holds FILE at MIB MiB (O_DIRECT read)
+#   save NAME TAG       flush mapped device NAME; its stats, status and
+#                       table into TAG.stats, TAG.status, TAG.table
+inner_prelude() {
+	cat <<'EOF'
+set -u
+rc=0
+bad() { echo "FAIL: $*"; rc=1; }
+put() { dd if="$1" of="$2" bs=1M seek="$3" oflag=direct conv=notrunc status=none || bad "writing $1 at ${3}M of $2"; }
+same() {
+	dd if="$2" bs=1M skip="$3" count=$(($(stat -c %s "$1") >> 20)) iflag=direct status=none |
+		cmp - "$1" || bad "$2 at ${3}M differs from $1"
+}
+save() {
+	sync "/dev/mapper/$1" || bad "$1: flush"
+	dmsetup message "$1" 0 stats >"$2.stats" || bad "$1: stats message"
+	dmsetup status "$1" >"$2.status" || bad "$1: status"
+	dmsetup table "$1" >"$2.table" || bad "$1: table"
+	echo "$2: $(cat "$2.status")"
+}
+EOF
+}
+
+# agree TAG: the counters shown by both TAG.stats and TAG.status are equal;
+# leaves the named status in TAG.st.
+agree() {
+	local k v
+	status_named "$1.status" >"$1.st"
+	for k in clusters_allocated cow_copies dedup_hits zero_clusters index_entries; do
+		v=$(awk -v k="$k" '$1 == k { print $2; exit }' "$1.stats")
+		[ -n "$v" ] || fail "$1.stats: no '$k' value"
+		want_stat "$1.st" "$k" -eq "$v"
+	done
+}

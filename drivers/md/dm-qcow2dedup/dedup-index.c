@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The deduplication index: see dedup-index.h.  No I/O here; the target's
+ * worker turns what these functions report into qcow2 metadata changes.
+ */
+#include <kunit/visibility.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+
+#include "dedup-index.h"
+#include "qcow2-format.h"
+
+static struct kmem_cache *entry_cache;
+
+int dedup_cache_create(void)
+{
+	entry_cache = KMEM_CACHE(dedup_entry, 0);
+	return entry_cache ? 0 : -ENOMEM;
+}
+
+void dedup_cache_destroy(void)
+{
+	kmem_cache_destroy(entry_cache);
+}
+
+/* Bytes one entry costs: the slab object and its share of the xarray. */
+size_t dedup_entry_bytes(void)
+{
+	/* A full xa_node (576 bytes on 64-bit) maps 64 clusters. */
+	return kmem_cache_size(entry_cache) + sizeof(struct xa_node) / XA_CHUNK_SIZE;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_entry_bytes);
+
+u64 dedup_index_bytes(const struct dedup_index *idx)
+{
+	return READ_ONCE(idx->entries) * dedup_entry_bytes() +
+	       READ_ONCE(idx->array_bytes);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_index_bytes);
+
+void dedup_index_init(struct dedup_index *idx, unsigned int key_len,
+		      u64 limit_bytes)
+{
+	memset(idx, 0, sizeof(*idx));
+	idx->by_digest = RB_ROOT;
+	xa_init(&idx->by_host);
+	idx->key_len = min_t(unsigned int, key_len, DEDUP_KEY_MAX);
+	idx->limit_bytes = limit_bytes;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_index_init);
+
+static void free_entry(struct dedup_index *idx, struct dedup_entry *e)
+{
+	if (e->cap) {
+		idx->array_bytes -= e->cap * sizeof(u64);
+		kfree(e->guests);
+	}
+	kmem_cache_free(entry_cache, e);
+}
+
+void dedup_index_destroy(struct dedup_index *idx)
+{
+	struct dedup_entry *e;
+	unsigned long i;
+
+	xa_for_each(&idx->by_host, i, e)
+		free_entry(idx, e);
+	xa_destroy(&idx->by_host);
+	idx->by_digest = RB_ROOT;
+	idx->entries = 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_index_destroy);
+
+static int key_cmp(const void *key, const struct rb_node *n)
+{
+	return memcmp(key, rb_entry(n, struct dedup_entry, node)->key,
+		      DEDUP_KEY_MAX);
+}
+
+static int entry_cmp(struct rb_node *a, const struct rb_node *b)
+{
+	return memcmp(rb_entry(a, struct dedup_entry, node)->key,
+		      rb_entry(b, struct dedup_entry, node)->key, DEDUP_KEY_MAX);
+}
+
+/* Keys are compared over DEDUP_KEY_MAX bytes: pad a short digest. */
+static void make_key(const struct dedup_index *idx, const u8 *digest, u8 *key)
+{
+	memset(key, 0, DEDUP_KEY_MAX);
+	memcpy(key, digest, idx->key_len);
+}
+
+/**
+ * dedup_find() - the entry for a digest.
+ * @idx: index.
+ * @digest: the digest (at least key_len bytes).
+ * Return: the entry, WRITING or READY, or NULL.
+ */
+struct dedup_entry *dedup_find(struct dedup_index *idx, const u8 *digest)
+{
+	u8 key[DEDUP_KEY_MAX];
+	struct rb_node *n;
+
+	make_key(idx, digest, key);
+	n = rb_find(key, &idx->by_digest, key_cmp);
+	return n ? rb_entry(n, struct dedup_entry, node) : NULL;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_find);
+
+struct dedup_entry *dedup_find_host(struct dedup_index *idx, u64 host)
+{
+	return xa_load(&idx->by_host, host);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_find_host);
+
+/**
+ * dedup_host_indexed() - is host cluster @host in the index?
+ * @idx: index.
+ * @host: host cluster index.
+ *
+ * map() uses this to keep in-place writes away from indexed clusters, whose
+ * contents must stay what their digest says.  An entry is inserted before
+ * any L2 entry points to its cluster, and removed by the worker only.
+ * Context: any (RCU inside xa_load()).
+ */
+bool dedup_host_indexed(struct dedup_index *idx, u64 host)
+{
+	return xa_load(&idx->by_host, host);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_host_indexed);
+
+/**
+ * dedup_insert_writing() - index a cluster whose data write is starting.
+ * @idx: index.
+ * @digest: the content's digest; no entry has it.
+ * @host: the newly allocated host cluster.
+ * @entry: the new entry, in state WRITING, with no referrer.
+ *
+ * Return: 0; -ENOSPC when the index is at its memory limit (the caller
+ * writes the cluster unindexed); -ENOMEM.
+ */
+int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
+			 struct dedup_entry **entry)
+{
+	struct dedup_entry *e;
+	int r;
+
+	if (idx->limit_bytes &&
+	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
+		return -ENOSPC;
+	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
+	if (!e)
+		return -ENOMEM;
+	make_key(idx, digest, e->key);
+	e->host = host;
+	e->state = DEDUP_WRITING;
+	INIT_LIST_HEAD(&e->waiters);
+	r = xa_err(xa_store(&idx->by_host, host, e, GFP_NOIO));
+	if (r) {
+		kmem_cache_free(entry_cache, e);
+		return r;
+	}
+	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
+		/* The caller looked the digest up first: a bug, not data. */
+		xa_erase(&idx->by_host, host);
+		kmem_cache_free(entry_cache, e);
+		return -EEXIST;
+	}
+	WRITE_ONCE(idx->entries, idx->entries + 1);
+	*entry = e;
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_insert_writing);
+
+/**
+ * dedup_write_done() - the data of a WRITING entry is on the device and
+ *	guest cluster @guest is about to point to it.
+ * @idx: index.
+ * @e: the entry.
+ * @guest: its first referrer.
+ *
+ * The caller moves @e->waiters back to its queue.
+ */
+void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e, u64 guest)
+{
+	e->state = DEDUP_READY;
+	e->guest = guest;
+	e->nr_refs = 1;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_write_done);
+
+/**
+ * dedup_remove() - take an entry out of the index and free it.
+ * @idx: index.
+ * @e: the entry; its waiters list must be empty (the caller requeued them).
+ *
+ * For a data write that failed, and for a cluster about to be overwritten
+ * in place (its digest no longer describes it).
+ */
+void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
+{
+	rb_erase(&e->node, &idx->by_digest);
+	xa_erase(&idx->by_host, e->host);
+	WRITE_ONCE(idx->entries, idx->entries - 1);
+	if (e->nr_refs >= 2) {
+		WRITE_ONCE(idx->shared, idx->shared - 1);
+		WRITE_ONCE(idx->extra_refs, idx->extra_refs - (e->nr_refs - 1));
+	}
+	free_entry(idx, e);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_remove);
+
+/**
+ * dedup_add_ref() - guest cluster @guest now shares @e's cluster.
+ * @idx: index.
+ * @e: a READY entry.
+ * @guest: the new referrer.
+ * @first: if the entry had one referrer, that referrer: its COPIED flag
+ *	must be cleared, since the refcount becomes two.
+ *
+ * Return: the number of referrers before (1 means *@first is set), or
+ * -ENOMEM (nothing changed).
+ */
+int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
+		  u64 *first)
+{
+	u32 n = e->nr_refs;
+
+	if (n == 1) {
+		u64 *a = kmalloc_array(4, sizeof(u64), GFP_NOIO);
+
+		if (!a)
+			return -ENOMEM;
+		*first = e->guest;
+		a[0] = e->guest;
+		e->guests = a;
+		e->cap = 4;
+		WRITE_ONCE(idx->array_bytes, idx->array_bytes + 4 * sizeof(u64));
+		WRITE_ONCE(idx->shared, idx->shared + 1);
+	} else if (n == e->cap) {
+		u64 *a = krealloc_array(e->guests, 2 * e->cap, sizeof(u64), GFP_NOIO);
+
+		if (!a)
+			return -ENOMEM;
+		WRITE_ONCE(idx->array_bytes, idx->array_bytes + e->cap * sizeof(u64));
+		e->guests = a;
+		e->cap *= 2;
+	} else if (!n) {
+		/* Not reached: a READY entry always has a referrer. */
+		e->guest = guest;
+		e->nr_refs = 1;
+		return 0;
+	}
+	e->guests[n] = guest;
+	e->nr_refs = n + 1;
+	WRITE_ONCE(idx->extra_refs, idx->extra_refs + 1);
+	return n;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_add_ref);
+
+/**
+ * dedup_drop_ref() - guest cluster @guest no longer points to host cluster
+ *	@host.
+ * @idx: index.
+ * @host: host cluster index.
+ * @guest: the referrer that went.
+ * @survivor: for DEDUP_DROP_UNIQUE, the remaining referrer.
+ *
+ * Return: what happened, see enum dedup_drop.  A @guest the entry does not
+ * list (a reference the index never knew) changes nothing.
+ */
+enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
+			       u64 *survivor)
+{
+	struct dedup_entry *e = xa_load(&idx->by_host, host);
+	u32 i;
+
+	if (!e || e->state != DEDUP_READY)
+		return DEDUP_DROP_NONE;
+	if (e->nr_refs == 1) {
+		if (e->guest != guest)
+			return DEDUP_DROP_NONE;
+		dedup_remove(idx, e);
+		return DEDUP_DROP_GONE;
+	}
+	for (i = 0; i < e->nr_refs && e->guests[i] != guest; i++)
+		;
+	if (i == e->nr_refs)
+		return DEDUP_DROP_NONE;
+	e->guests[i] = e->guests[--e->nr_refs];
+	WRITE_ONCE(idx->extra_refs, idx->extra_refs - 1);
+	if (e->nr_refs > 1)
+		return DEDUP_DROP_SHARED;
+
+	/* Back to one referrer: inline again. */
+	*survivor = e->guests[0];
+	WRITE_ONCE(idx->array_bytes, idx->array_bytes - e->cap * sizeof(u64));
+	WRITE_ONCE(idx->shared, idx->shared - 1);
+	kfree(e->guests);
+	e->cap = 0;
+	e->guest = *survivor;
+	return DEDUP_DROP_UNIQUE;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
+
+/**
+ * dedup_sole_referrer() - is @guest the only referrer of host cluster @host?
+ * @idx: index.
+ * @host: host cluster index.
+ * @guest: guest cluster index.
+ */
+bool dedup_sole_referrer(struct dedup_index *idx, u64 host, u64 guest)
+{
+	struct dedup_entry *e = xa_load(&idx->by_host, host);
+
+	return e && e->state == DEDUP_READY && e->nr_refs == 1 && e->guest == guest;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_sole_referrer);
+
+/**
+ * dedup_below_ceiling() - may a cluster with refcount @rc take one more
+ *	reference?  At the ceiling (2^refcount_bits - 1) the next identical
+ *	write gets a copy of its own.
+ * @rc: the refcount.
+ * @refcount_order: log2 of the image's refcount width.
+ */
+bool dedup_below_ceiling(u64 rc, u32 refcount_order)
+{
+	return rc < qcow2_refcount_max(refcount_order);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_below_ceiling);
+
+/**
+ * dedup_is_zero() - is the cluster all zeros (a zero entry, no cluster)?
+ * @buf: the cluster.
+ * @len: its size.
+ */
+bool dedup_is_zero(const void *buf, size_t len)
+{
+	return !memchr_inv(buf, 0, len);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_is_zero);

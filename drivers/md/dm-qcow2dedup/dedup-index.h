@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The deduplication index of one target: content digest -> host cluster,
+ * with what is needed to keep the qcow2 COPIED flags exact.
+ *
+ * An entry describes one host cluster the target wrote.  It is in two
+ * structures: an rbtree ordered by digest (lookups on write) and an xarray
+ * by host cluster index (the referrer bookkeeping when a guest cluster
+ * stops pointing there, and map()'s "is this cluster indexed" test).
+ *
+ * States.  An entry is WRITING from the allocation of its cluster until the
+ * data write completes: it is then the per-digest lock of dm-vdo's design;
+ * a second write of the same content parks on it and becomes a hit when
+ * the first completes.  It is READY afterwards.
+ *
+ * Referrers.  A READY entry lists the guest clusters of the active L1 that
+ * point to it; its qcow2 refcount equals their number (the target shares
+ * only clusters it wrote during this activation, which no snapshot can
+ * reach).  One referrer is held inline; more in an array.  The index tells
+ * its caller when a cluster goes from one referrer to two (clear COPIED on
+ * the first) and from two to one (set COPIED on the survivor), and removes
+ * the entry when the last referrer goes.
+ *
+ * Locking: every function belongs to the target's worker, except
+ * dedup_host_indexed() (any context, RCU) and the statistics readers.
+ */
+#ifndef DM_QCOW2DEDUP_DEDUP_INDEX_H
+#define DM_QCOW2DEDUP_DEDUP_INDEX_H
+
+#include <linux/list.h>
+#include <linux/rbtree.h>
+#include <linux/types.h>
+#include <linux/xarray.h>
+
+/* Digest bytes kept per entry: 256 bits; longer digests are truncated. */
+#define DEDUP_KEY_MAX	32
+
+enum dedup_state {
+	DEDUP_WRITING,
+	DEDUP_READY,
+};
+
+struct dedup_entry {
+	struct rb_node node;		/* in dedup_index.by_digest */
+	u8 key[DEDUP_KEY_MAX];		/* digest, zero-padded */
+	u64 host;			/* host cluster index */
+	union {
+		u64 guest;		/* nr_refs == 1: the referrer */
+		u64 *guests;		/* nr_refs >= 2: all referrers */
+	};
+	u32 nr_refs;
+	u32 cap;			/* slots in @guests (0: inline) */
+	enum dedup_state state;
+	struct list_head waiters;	/* WRITING: writes of the same content */
+};
+
+struct dedup_index {
+	struct rb_root by_digest;
+	struct xarray by_host;		/* host cluster index -> entry */
+	unsigned int key_len;
+	u64 limit_bytes;		/* 0: no limit */
+
+	/* Statistics: written by the worker, read anywhere (READ_ONCE). */
+	u64 entries;
+	u64 shared;			/* entries with nr_refs >= 2 */
+	u64 extra_refs;			/* sum of (nr_refs - 1) */
+	u64 array_bytes;		/* referrer arrays */
+};
+
+/* What removing a referrer did to its entry. */
+enum dedup_drop {
+	DEDUP_DROP_NONE,		/* the cluster is not indexed */
+	DEDUP_DROP_SHARED,		/* still two or more referrers */
+	DEDUP_DROP_UNIQUE,		/* two -> one: set COPIED on *survivor */
+	DEDUP_DROP_GONE,		/* last referrer: entry removed */
+};
+
+void dedup_index_init(struct dedup_index *idx, unsigned int key_len,
+		      u64 limit_bytes);
+void dedup_index_destroy(struct dedup_index *idx);
+int dedup_cache_create(void);
+void dedup_cache_destroy(void);
+
+struct dedup_entry *dedup_find(struct dedup_index *idx, const u8 *key);
+struct dedup_entry *dedup_find_host(struct dedup_index *idx, u64 host);
+bool dedup_host_indexed(struct dedup_index *idx, u64 host);
+
+int dedup_insert_writing(struct dedup_index *idx, const u8 *key, u64 host,
+			 struct dedup_entry **entry);
+void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e,
+		      u64 guest);
+void dedup_remove(struct dedup_index *idx, struct dedup_entry *e);
+int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
+		  u64 *first);
+enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
+			       u64 *survivor);
+bool dedup_sole_referrer(struct dedup_index *idx, u64 host, u64 guest);
+
+bool dedup_below_ceiling(u64 rc, u32 refcount_order);
+bool dedup_is_zero(const void *buf, size_t len);
+
+u64 dedup_index_bytes(const struct dedup_index *idx);
+size_t dedup_entry_bytes(void);
+
+#endif /* DM_QCOW2DEDUP_DEDUP_INDEX_H */

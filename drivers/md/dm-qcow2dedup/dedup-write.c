@@ -1,0 +1,512 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2dedup: the deduplicating write path.
+ *
+ * A write that would allocate a cluster, or that covers a whole cluster,
+ * becomes an operation with a buffer holding the complete new contents of
+ * the guest cluster: the bio's data, on top of the old contents for a
+ * partial write (read-modify-write).  That buffer is the stable copy: it is
+ * hashed, compared for "verify", and it is what gets written, so a page the
+ * submitter changes in flight cannot make the digest lie.
+ *
+ *   hash_wq (several at a time)	worker (one at a time)
+ *   copy the bio, zero test, digest -> decide():
+ *					  all zeros: zero entry, no cluster
+ *					  digest WRITING: wait on its entry
+ *					  digest READY: share the cluster
+ *					  else: new cluster, indexed WRITING,
+ *					        data write; then the mapping
+ *
+ * Sharing: the refcount is raised and the first referrer's COPIED cleared
+ * in the first step of the next commit, the new L2 entry written in the
+ * second (qcow2-metadata.c), so no crash leaves a COPIED flag on a cluster
+ * two entries share.  Refcounts falling back to one get their COPIED back
+ * one commit later (qcow2-copied.c), the remaining referrer named by the
+ * index (qcow2dedup_survivor()).
+ *
+ * New contents of a cluster of refcount one go in place when no other
+ * cluster has them (write_in_place()), and the cluster is re-indexed under
+ * the new digest before the write starts.  Partial writes into a cluster of
+ * refcount one go in place too, after unindexing it: they are not hashed.
+ */
+#include <linux/dm-io.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/vmalloc.h>
+
+#include "dm-qcow2dedup.h"
+
+static unsigned int cluster_bits(struct qcow2dedup *q)
+{
+	return q->geo->cluster_bits;
+}
+
+/**
+ * qcow2dedup_dedup_ctr() - set deduplication up for a new target.
+ * @q: target, with its metadata open.
+ * @ti: for the error message.
+ *
+ * The hash must exist as a synchronous shash; a digest shorter than 128
+ * bits is refused unless every match is verified byte for byte.
+ */
+int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
+{
+	unsigned int ds;
+
+	dedup_index_init(&q->index, 0, q->opt.index_limit_mib << 20);
+	q->index_ready = true;
+	q->tfm = crypto_alloc_shash(q->opt.hash, 0, 0);
+	if (IS_ERR(q->tfm)) {
+		int r = PTR_ERR(q->tfm);
+
+		q->tfm = NULL;
+		ti->error = "Unknown hash algorithm (not an shash this kernel has)";
+		DMERR("hash %s: %s (%d)", q->opt.hash, ti->error, r);
+		return r == -ENOMEM ? r : -EINVAL;
+	}
+	ds = crypto_shash_digestsize(q->tfm);
+	if (ds < 16 && !q->opt.verify) {
+		ti->error = "Hash digest shorter than 128 bits: add verify";
+		DMERR("hash %s: %u-bit digest is too weak to share clusters on; use it with verify",
+		      q->opt.hash, ds * 8);
+		return -EINVAL;
+	}
+	if (ds > HASH_MAX_DIGESTSIZE) {
+		ti->error = "Hash digest too long";
+		return -EINVAL;
+	}
+	q->index.key_len = min_t(unsigned int, ds, DEDUP_KEY_MAX);
+	q->hash_wq = alloc_workqueue("dm-" DM_MSG_PREFIX "-hash",
+				     WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!q->hash_wq) {
+		ti->error = "Cannot allocate hash workqueue";
+		return -ENOMEM;
+	}
+	if (q->opt.verify) {
+		q->vbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+		if (!q->vbuf) {
+			ti->error = "Cannot allocate verify buffer";
+			return -ENOMEM;
+		}
+	}
+	q->dedup = q->writable;
+	return 0;
+}
+
+void qcow2dedup_dedup_dtr(struct qcow2dedup *q)
+{
+	if (q->hash_wq)
+		destroy_workqueue(q->hash_wq);
+	if (q->index_ready)
+		dedup_index_destroy(&q->index);
+	if (q->tfm)
+		crypto_free_shash(q->tfm);
+	kvfree(q->vbuf);
+}
+
+/* hash_wq: fill the buffer from the bio if needed, test for zeros, hash. */
+static void hash_work(struct work_struct *ws)
+{
+	struct qcow2_op *op = container_of(ws, struct qcow2_op, hash_work);
+	struct qcow2dedup *q = op->q;
+	u64 cs = q->geo->cluster_size;
+	unsigned long flags;
+
+	if (op->whole)
+		qcow2dedup_copy_from_bio(q, op->bio, op->buf);
+	op->zero = dedup_is_zero(op->buf, cs);
+	if (!op->zero && crypto_shash_tfm_digest(q->tfm, op->buf, cs, op->digest))
+		op->status = BLK_STS_IOERR;
+
+	spin_lock_irqsave(&q->lock, flags);
+	list_add_tail(&op->list, &q->hashed);
+	spin_unlock_irqrestore(&q->lock, flags);
+	qcow2dedup_wake(q);
+}
+
+/**
+ * qcow2dedup_start_hashed() - start a deduplicated write of guest cluster
+ *	@gc: [@in, @in + @len) from @bio, the rest from its old mapping
+ *	@type/@info.
+ * @q: target.
+ * @bio: the write.
+ * @gc: guest cluster index.
+ * @in: offset of the bio in the cluster.
+ * @len: its length.
+ * @type: the old mapping's type.
+ * @info: the old mapping.
+ * @status: the bio's status on failure.
+ *
+ * Return: 0 if started, -EAGAIN if too many buffered writes are in flight,
+ * another error with @status set.
+ */
+int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
+			    u64 in, u64 len, enum qcow2_cluster_type type,
+			    const struct qcow2_l2e_info *info, blk_status_t *status)
+{
+	u64 cs = q->geo->cluster_size;
+	unsigned int noio;
+	struct qcow2_op *op;
+
+	if (q->buffered_ops >= q->max_buffered_ops)
+		return -EAGAIN;
+	op = qcow2dedup_op_new(q, bio, gc);
+	if (!op) {
+		*status = BLK_STS_RESOURCE;
+		return -ENOMEM;
+	}
+	noio = memalloc_noio_save();
+	op->buf = kvmalloc(cs, GFP_KERNEL);
+	memalloc_noio_restore(noio);
+	if (!op->buf) {
+		qcow2dedup_op_free(op);
+		*status = BLK_STS_RESOURCE;
+		return -ENOMEM;
+	}
+	op->dedup = true;
+	op->whole = !in && len == cs;
+	if (!op->whole) {
+		if (qcow2dedup_read_old(q, type, info, op->buf)) {
+			qcow2dedup_op_free(op);
+			*status = BLK_STS_IOERR;
+			return -EIO;
+		}
+		qcow2dedup_copy_from_bio(q, bio, op->buf);
+	}
+	q->buffered_ops++;
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
+	INIT_WORK(&op->hash_work, hash_work);
+	queue_work(q->hash_wq, &op->hash_work);
+	return 0;
+}
+
+/* Parked writes of the same content go back to the worker's queue. */
+static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
+{
+	unsigned long flags;
+
+	if (list_empty(&e->waiters))
+		return;
+	spin_lock_irqsave(&q->lock, flags);
+	list_splice_tail_init(&e->waiters, &q->hashed);
+	spin_unlock_irqrestore(&q->lock, flags);
+	qcow2dedup_wake(q);
+}
+
+/**
+ * qcow2dedup_forget_host() - the cluster at @host_off is about to be
+ *	written in place: its digest will be wrong, take it out of the index.
+ * @q: target.
+ * @host_off: a cluster of refcount one.
+ */
+void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
+{
+	struct dedup_entry *e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
+
+	/* READY with one referrer: COPIED clusters are never WRITING. */
+	if (e && e->state == DEDUP_READY)
+		dedup_remove(&q->index, e);
+}
+
+/**
+ * qcow2dedup_drop_ref() - guest cluster @gc no longer points to @old_host.
+ * @q: target.
+ * @old_host: host byte offset of the old standard cluster.
+ * @gc: guest cluster index.
+ *
+ * When one referrer remains, qcow2-copied.c asks for it at the next commit
+ * (qcow2dedup_survivor()), once the refcount of one is on disk.
+ */
+void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc)
+{
+	u64 survivor;
+
+	dedup_drop_ref(&q->index, old_host >> cluster_bits(q), gc, &survivor);
+}
+
+/* qcow2-copied.c: the one guest cluster still pointing at @host_cluster. */
+bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster)
+{
+	struct qcow2dedup *q = ctx;
+	struct dedup_entry *e;
+
+	if (!q->dedup)
+		return false;
+	e = dedup_find_host(&q->index, host_cluster);
+	if (!e || e->state != DEDUP_READY || e->nr_refs != 1)
+		return false;
+	*guest_cluster = e->guest;
+	return true;
+}
+
+/* Complete a deduplicated write that needs no data write. */
+static void finish_mapped_op(struct qcow2dedup *q, struct qcow2_op *op,
+			     blk_status_t status)
+{
+	if (!status)
+		atomic64_inc(&q->clusters_written);
+	qcow2dedup_op_release(q, op, status);
+}
+
+/*
+ * May the cluster of READY entry @e take one more reference for content
+ * @op->buf?  Not at the refcount ceiling; with verify, only if the bytes on
+ * the device are the same (a digest is a hint, the bytes are the truth).
+ */
+static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
+		      struct dedup_entry *e)
+{
+	u64 host_off = e->host << cluster_bits(q), rc;
+
+	if (qcow2_md_refcount(q->md, host_off, &rc) ||
+	    !dedup_below_ceiling(rc, q->geo->refcount_order))
+		return false;
+	if (!q->opt.verify)
+		return true;
+	/* Indexed clusters are never written in place: the bytes are stable. */
+	if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size))
+		return false;
+	if (memcmp(q->vbuf, op->buf, q->geo->cluster_size)) {
+		atomic64_inc(&q->verify_mismatches);
+		return false;
+	}
+	return true;
+}
+
+/* Map guest cluster @op->guest_cluster to @e's cluster: no data write. */
+static blk_status_t share(struct qcow2dedup *q, struct qcow2_op *op,
+			  struct dedup_entry *e)
+{
+	u64 guest_off = op->guest_cluster << cluster_bits(q), first;
+	u64 host_off = e->host << cluster_bits(q);
+	int n, r;
+
+	r = qcow2dedup_prepare_write(q, guest_off);
+	if (r)
+		return qcow2dedup_alloc_error(q, r);
+	n = dedup_add_ref(&q->index, e, op->guest_cluster, &first);
+	if (n < 0)
+		return BLK_STS_RESOURCE;
+	r = qcow2_md_share(q->md, host_off);
+	if (!r && n == 1)
+		r = qcow2_md_clear_copied(q->md, first << cluster_bits(q));
+	if (!r)
+		r = qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL, host_off, false);
+	if (r) {
+		qcow2dedup_metadata_error(q, "update", r);
+		return BLK_STS_IOERR;
+	}
+	atomic64_inc(&q->dedup_hits);
+	return BLK_STS_OK;
+}
+
+/* Write @op->buf to @op->host_off; qcow2dedup_hashed_done() follows. */
+static void submit_data(struct qcow2dedup *q, struct qcow2_op *op, bool index)
+{
+	struct dm_io_region region = {
+		.bdev = q->dev->bdev,
+		.sector = op->host_off >> SECTOR_SHIFT,
+		.count = q->geo->cluster_size >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_WRITE,
+		.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
+		.mem.ptr.addr = op->buf,
+		.notify.fn = qcow2dedup_buffered_endio,
+		.notify.context = op,
+		.client = q->io,
+	};
+
+	/* At the memory limit, or out of memory: the cluster stays unindexed. */
+	if (index)
+		dedup_insert_writing(&q->index, op->digest,
+				     op->host_off >> cluster_bits(q), &op->entry);
+	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+}
+
+/* No cluster has this content: write it to a new one. */
+static void write_new(struct qcow2dedup *q, struct qcow2_op *op, bool index,
+		      bool cow)
+{
+	u64 guest_off = op->guest_cluster << cluster_bits(q);
+	int r;
+
+	r = qcow2dedup_prepare_write(q, guest_off);
+	if (!r)
+		r = qcow2dedup_alloc(q, &op->host_off);
+	if (r) {
+		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
+		return;
+	}
+	atomic64_inc(&q->clusters_allocated);
+	if (cow)
+		atomic64_inc(&q->cow_copies);
+	submit_data(q, op, index);
+}
+
+/*
+ * New contents for a cluster of refcount one that no other cluster has:
+ * write them in place, as QEMU would (a full device must still take
+ * overwrites).  An indexed cluster is re-indexed under its new digest: no
+ * write into it can be in flight, since map() leaves indexed clusters to
+ * the worker, which unindexes a cluster before a partial write goes in
+ * place.  An unindexed one may have such writes in flight, so it stays
+ * unindexed: its digest could not be trusted.
+ */
+static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
+			   u64 host_off, bool index)
+{
+	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
+
+	if (old)
+		dedup_remove(&q->index, old);
+	op->host_off = host_off;
+	op->in_place = true;
+	submit_data(q, op, index && old);
+}
+
+/**
+ * qcow2dedup_decide() - worker: where the hashed contents of @op go.
+ * @q: target.
+ * @op: an operation whose digest (or zero test) is ready.
+ */
+void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	u64 guest_off = op->guest_cluster << cluster_bits(q);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	struct dedup_entry *e;
+	blk_status_t status;
+	bool pending;
+	int r;
+
+	if (op->status || READ_ONCE(q->mode) != MODE_WRITE) {
+		qcow2dedup_op_release(q, op, op->status ?: BLK_STS_IOERR);
+		return;
+	}
+	r = qcow2_md_lookup(q->md, guest_off, true, &type, &info, &pending);
+	if (r) {
+		qcow2dedup_metadata_error(q, "read", r);
+		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
+		return;
+	}
+
+	if (op->zero) {
+		/* v3: the zero flag; v2 has none, but no backing file either. */
+		r = qcow2dedup_prepare_write(q, guest_off);
+		if (r) {
+			qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
+			return;
+		}
+		r = qcow2dedup_stage(q, guest_off, q->geo->version >= 3 ?
+				     QCOW2_CLUSTER_ZERO_PLAIN : QCOW2_CLUSTER_UNALLOCATED,
+				     0, false);
+		if (r)
+			qcow2dedup_metadata_error(q, "update", r);
+		else
+			atomic64_inc(&q->zero_clusters);
+		finish_mapped_op(q, op, r ? BLK_STS_IOERR : BLK_STS_OK);
+		return;
+	}
+
+	e = dedup_find(&q->index, op->digest);
+	if (e && e->state == DEDUP_WRITING) {
+		/* The per-digest lock: wait for the first writer. */
+		list_add_tail(&op->list, &e->waiters);
+		return;
+	}
+	if (e && type == QCOW2_CLUSTER_NORMAL &&
+	    info.host_offset >> cluster_bits(q) == e->host &&
+	    (!q->opt.verify || may_share(q, op, e))) {
+		/* The same contents again: nothing changes. */
+		atomic64_inc(&q->dedup_hits);
+		finish_mapped_op(q, op, BLK_STS_OK);
+		return;
+	}
+	if (e && may_share(q, op, e)) {
+		status = share(q, op, e);
+		finish_mapped_op(q, op, status);
+		return;
+	}
+	if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
+		write_in_place(q, op, info.host_offset, !e);
+		return;
+	}
+	/* Replacing a cluster shared with a snapshot, or a compressed one. */
+	write_new(q, op, !e, (type == QCOW2_CLUSTER_NORMAL && !info.copied) ||
+		  type == QCOW2_CLUSTER_COMPRESSED);
+}
+
+/**
+ * qcow2dedup_hashed_done() - worker: the data write of @op completed.
+ * @q: target.
+ * @op: the operation.
+ */
+void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	u64 guest_off = op->guest_cluster << cluster_bits(q);
+	blk_status_t status = op->status;
+	struct dedup_entry *e = op->entry;
+	int r;
+
+	if (!status && READ_ONCE(q->mode) != MODE_WRITE)
+		status = BLK_STS_IOERR;
+	if (status) {
+		/* A cluster written in place stays mapped: keep it. */
+		if (!op->in_place)
+			qcow2_md_release(q->md, op->host_off);
+		if (e) {
+			requeue_waiters(q, e);
+			dedup_remove(&q->index, e);
+		}
+		qcow2dedup_op_release(q, op, status);
+		return;
+	}
+	r = op->in_place ? 0 : qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
+						op->host_off, true);
+	if (r) {
+		qcow2dedup_metadata_error(q, "update", r);
+		status = BLK_STS_IOERR;
+	}
+	if (e) {
+		if (!r)
+			dedup_write_done(&q->index, e, op->guest_cluster);
+		requeue_waiters(q, e);
+		if (r)
+			dedup_remove(&q->index, e);
+	}
+	finish_mapped_op(q, op, status);
+}
+
+/**
+ * qcow2dedup_stats() - the "stats" message: one "name value" per line.
+ * @q: target.
+ * @result: the message result buffer.
+ * @maxlen: its size.
+ *
+ * Return: 1 (the result is used).
+ */
+int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
+{
+	const struct dedup_index *idx = &q->index;
+	u64 entries = READ_ONCE(idx->entries), shared = READ_ONCE(idx->shared);
+	unsigned int sz = 0;
+
+	DMEMIT("clusters_written %lld\n", (long long)atomic64_read(&q->clusters_written));
+	DMEMIT("dedup_hits %lld\n", (long long)atomic64_read(&q->dedup_hits));
+	DMEMIT("zero_clusters %lld\n", (long long)atomic64_read(&q->zero_clusters));
+	DMEMIT("unique_clusters %llu\n", entries - shared);
+	DMEMIT("shared_clusters %llu\n", shared);
+	DMEMIT("bytes_saved %llu\n", READ_ONCE(idx->extra_refs) << cluster_bits(q));
+	DMEMIT("cow_copies %lld\n", (long long)atomic64_read(&q->cow_copies));
+	DMEMIT("clusters_allocated %lld\n", (long long)atomic64_read(&q->clusters_allocated));
+	DMEMIT("index_entries %llu\n", entries);
+	DMEMIT("index_bytes %llu\n", dedup_index_bytes(idx));
+	DMEMIT("index_entry_bytes %zu\n", dedup_entry_bytes());
+	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
+	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
+	DMEMIT("mode %s\n", q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] :
+		"read-only");
+	return 1;
+}

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KUnit tests for the deduplication index (dedup-index.c): ordering and
+ * lookups, the per-digest lock under interleavings built step by step,
+ * the referrer bookkeeping that drives COPIED (1 -> 2 -> 1), the memory
+ * limit, the refcount ceiling and zero detection.
+ */
+#include <kunit/test.h>
+#include <kunit/visibility.h>
+#include <linux/rbtree.h>
+#include <linux/string.h>
+
+#include "dedup-index.h"
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+
+/* A digest whose bytes all derive from @n, so order follows the first byte. */
+static void digest_of(u8 *d, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < DEDUP_KEY_MAX; i++)
+		d[i] = (u8)(n * 37 + i * (n | 1));
+}
+
+static int index_init(struct kunit *test)
+{
+	struct dedup_index *idx = kunit_kzalloc(test, sizeof(*idx), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, idx);
+	/* The entry cache is the module's, made by its init. */
+	dedup_index_init(idx, 32, 0);
+	test->priv = idx;
+	return 0;
+}
+
+static void index_exit(struct kunit *test)
+{
+	dedup_index_destroy(test->priv);
+}
+
+/* Insert out of order; every digest is found, the tree is sorted. */
+static void insert_find_order(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	static const unsigned int order[] = { 7, 3, 11, 0, 5, 9, 1, 13, 2 };
+	struct dedup_entry *e, *prev = NULL;
+	u8 d[DEDUP_KEY_MAX];
+	struct rb_node *n;
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(order); i++) {
+		digest_of(d, order[i]);
+		KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 100 + order[i], &e), 0);
+		KUNIT_EXPECT_EQ(test, e->state, DEDUP_WRITING);
+	}
+	KUNIT_EXPECT_EQ(test, idx->entries, (u64)ARRAY_SIZE(order));
+	for (i = 0; i < ARRAY_SIZE(order); i++) {
+		digest_of(d, order[i]);
+		e = dedup_find(idx, d);
+		KUNIT_ASSERT_NOT_NULL(test, e);
+		KUNIT_EXPECT_EQ(test, e->host, 100ULL + order[i]);
+		KUNIT_EXPECT_PTR_EQ(test, dedup_find_host(idx, 100 + order[i]), e);
+		KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 100 + order[i]));
+	}
+	digest_of(d, 4);
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 104));
+	/* A digest differing in its last byte only is another key. */
+	digest_of(d, 7);
+	d[DEDUP_KEY_MAX - 1] ^= 1;
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+
+	for (n = rb_first(&idx->by_digest); n; n = rb_next(n)) {
+		e = rb_entry(n, struct dedup_entry, node);
+		if (prev)
+			KUNIT_EXPECT_LT(test, memcmp(prev->key, e->key, DEDUP_KEY_MAX), 0);
+		prev = e;
+	}
+	/* The same digest twice is a caller bug, refused. */
+	digest_of(d, 5);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 999, &e), -EEXIST);
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 999));
+
+	/* Removal: gone from both structures, the others stay. */
+	digest_of(d, 11);
+	dedup_remove(idx, dedup_find(idx, d));
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 111));
+	digest_of(d, 13);
+	KUNIT_EXPECT_NOT_NULL(test, dedup_find(idx, d));
+	KUNIT_EXPECT_EQ(test, idx->entries, (u64)ARRAY_SIZE(order) - 1);
+}
+
+/* Digests shorter than the key are zero-padded: equal prefixes match. */
+static void short_digest(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u8 d[DEDUP_KEY_MAX], d2[DEDUP_KEY_MAX];
+	struct dedup_entry *e;
+
+	dedup_index_destroy(idx);
+	dedup_index_init(idx, 8, 0);
+	memset(d, 0xab, sizeof(d));
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 1, &e), 0);
+	memset(d2, 0xab, 8);
+	memset(d2 + 8, 0x55, sizeof(d2) - 8);	/* beyond the digest: ignored */
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d2), e);
+	d2[7] = 0;
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d2));
+}
+
+/*
+ * The per-digest lock, step by step as two workers would interleave:
+ * A misses and writes; B with the same content finds WRITING and waits;
+ * A's write completes; B then shares.
+ */
+static void hash_lock_wait_then_share(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *a, *seen;
+	struct list_head b_waiting;
+	u8 d[DEDUP_KEY_MAX];
+	u64 first = 0;
+
+	INIT_LIST_HEAD(&b_waiting);
+	digest_of(d, 1);
+	KUNIT_ASSERT_NULL(test, dedup_find(idx, d));		/* A: miss */
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 50, &a), 0);
+	seen = dedup_find(idx, d);				/* B */
+	KUNIT_ASSERT_PTR_EQ(test, seen, a);
+	KUNIT_EXPECT_EQ(test, seen->state, DEDUP_WRITING);
+	list_add_tail(&b_waiting, &seen->waiters);		/* B waits */
+	/* No referrer yet: a drop for the cluster changes nothing. */
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 50, 10, &first), DEDUP_DROP_NONE);
+	dedup_write_done(idx, a, 10);				/* A done */
+	KUNIT_EXPECT_EQ(test, a->state, DEDUP_READY);
+	KUNIT_EXPECT_FALSE(test, list_empty(&a->waiters));
+	list_del_init(&b_waiting);				/* B requeued */
+	seen = dedup_find(idx, d);
+	KUNIT_ASSERT_PTR_EQ(test, seen, a);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, seen, 20, &first), 1);
+	KUNIT_EXPECT_EQ(test, first, 10ULL);			/* clear its COPIED */
+	KUNIT_EXPECT_EQ(test, a->nr_refs, 2U);
+}
+
+/* A's write fails: B, woken, misses and becomes the writer itself. */
+static void hash_lock_writer_fails(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *a, *b;
+	struct list_head b_waiting;
+	u8 d[DEDUP_KEY_MAX];
+
+	INIT_LIST_HEAD(&b_waiting);
+	digest_of(d, 2);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 60, &a), 0);
+	list_add_tail(&b_waiting, &dedup_find(idx, d)->waiters);
+	list_del_init(&b_waiting);				/* requeue, then */
+	dedup_remove(idx, a);					/* forget A */
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 60));
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 61, &b), 0);
+	KUNIT_EXPECT_EQ(test, b->host, 61ULL);
+	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
+}
+
+/*
+ * An overwrite in place, or a discard, of the only referrer races with a
+ * would-be sharer: whichever the worker runs first, the sharer never
+ * reaches a cluster whose contents changed or that was freed.
+ */
+static void overwrite_before_share(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *a;
+	u8 d[DEDUP_KEY_MAX];
+	u64 s;
+
+	digest_of(d, 3);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 70, &a), 0);
+	dedup_write_done(idx, a, 5);
+	/* In place: unindexed first, so the sharer misses. */
+	dedup_remove(idx, a);
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 71, &a), 0);
+	dedup_write_done(idx, a, 6);
+	/* Discard of the only referrer: the entry goes at once. */
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 71, 6, &s), DEDUP_DROP_GONE);
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 71));
+	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
+}
+
+/* COPIED transitions: 1 -> 2 names the first, 2 -> 1 names the survivor. */
+static void copied_transitions(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u64 first = ~0ULL, survivor = ~0ULL, g;
+	struct dedup_entry *e;
+	u8 d[DEDUP_KEY_MAX];
+
+	digest_of(d, 4);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 80, &e), 0);
+	dedup_write_done(idx, e, 100);
+	KUNIT_EXPECT_TRUE(test, dedup_sole_referrer(idx, 80, 100));
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 101, &first), 1);
+	KUNIT_EXPECT_EQ(test, first, 100ULL);
+	KUNIT_EXPECT_FALSE(test, dedup_sole_referrer(idx, 80, 100));
+	KUNIT_EXPECT_EQ(test, idx->shared, 1ULL);
+	/* Many referrers: the array grows. */
+	for (g = 102; g < 110; g++)
+		KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, g, &first), (int)(g - 100));
+	KUNIT_EXPECT_EQ(test, e->nr_refs, 10U);
+	KUNIT_EXPECT_EQ(test, idx->extra_refs, 9ULL);
+	/* A referrer the index never knew: nothing. */
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 999, &survivor), DEDUP_DROP_NONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 81, 100, &survivor), DEDUP_DROP_NONE);
+	/* Drop all but 105, in a scattered order. */
+	for (g = 100; g < 110; g++) {
+		if (g == 105 || g == 107)
+			continue;
+		KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, g, &survivor),
+				DEDUP_DROP_SHARED);
+	}
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 107, &survivor), DEDUP_DROP_UNIQUE);
+	KUNIT_EXPECT_EQ(test, survivor, 105ULL);
+	KUNIT_EXPECT_TRUE(test, dedup_sole_referrer(idx, 80, 105));
+	KUNIT_EXPECT_EQ(test, idx->shared, 0ULL);
+	KUNIT_EXPECT_EQ(test, idx->extra_refs, 0ULL);
+	KUNIT_EXPECT_EQ(test, idx->array_bytes, 0ULL);
+	/* And up again: the survivor is now the first. */
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 200, &first), 1);
+	KUNIT_EXPECT_EQ(test, first, 105ULL);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 105, &survivor), DEDUP_DROP_UNIQUE);
+	KUNIT_EXPECT_EQ(test, survivor, 200ULL);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 200, &survivor), DEDUP_DROP_GONE);
+	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
+}
+
+/* At the memory limit new content is not indexed; existing entries stay. */
+static void memory_limit(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *e;
+	u8 d[DEDUP_KEY_MAX];
+	unsigned int i;
+
+	dedup_index_destroy(idx);
+	dedup_index_init(idx, 32, 3 * dedup_entry_bytes());
+	for (i = 0; i < 3; i++) {
+		digest_of(d, i);
+		KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, i, &e), 0);
+	}
+	digest_of(d, 3);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), -ENOSPC);
+	KUNIT_EXPECT_EQ(test, idx->entries, 3ULL);
+	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), 3 * (u64)dedup_entry_bytes());
+	digest_of(d, 1);
+	KUNIT_EXPECT_NOT_NULL(test, dedup_find(idx, d));
+	/* Room again after a removal. */
+	dedup_remove(idx, dedup_find(idx, d));
+	digest_of(d, 3);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), 0);
+	KUNIT_EXPECT_GE(test, dedup_entry_bytes(), sizeof(struct dedup_entry));
+}
+
+/* The refcount ceiling of every width: 2^bits - 1 takes no more. */
+static void refcount_ceiling(struct kunit *test)
+{
+	u32 order;
+
+	for (order = 0; order <= 6; order++) {
+		u64 max = order == 6 ? U64_MAX : (1ULL << (1U << order)) - 1;
+
+		KUNIT_EXPECT_TRUE(test, dedup_below_ceiling(max - 1, order));
+		KUNIT_EXPECT_FALSE(test, dedup_below_ceiling(max, order));
+	}
+	/* 1-bit refcounts: nothing is ever shared. */
+	KUNIT_EXPECT_FALSE(test, dedup_below_ceiling(1, 0));
+	KUNIT_EXPECT_TRUE(test, dedup_below_ceiling(1, 4));
+}
+
+static void zero_detection(struct kunit *test)
+{
+	size_t len = 65536, pos;
+	u8 *buf = kunit_kzalloc(test, len, GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	KUNIT_EXPECT_TRUE(test, dedup_is_zero(buf, len));
+	for (pos = 0; pos < len; pos += 4093) {
+		buf[pos] = 1;
+		KUNIT_EXPECT_FALSE(test, dedup_is_zero(buf, len));
+		buf[pos] = 0;
+	}
+	buf[len - 1] = 0x80;
+	KUNIT_EXPECT_FALSE(test, dedup_is_zero(buf, len));
+	KUNIT_EXPECT_TRUE(test, dedup_is_zero(buf, len - 1));
+}
+
+static struct kunit_case dedup_index_cases[] = {
+	KUNIT_CASE(insert_find_order),
+	KUNIT_CASE(short_digest),
+	KUNIT_CASE(hash_lock_wait_then_share),
+	KUNIT_CASE(hash_lock_writer_fails),
+	KUNIT_CASE(overwrite_before_share),
+	KUNIT_CASE(copied_transitions),
+	KUNIT_CASE(memory_limit),
+	KUNIT_CASE(refcount_ceiling),
+	KUNIT_CASE(zero_detection),
+	{}
+};
+
+static struct kunit_suite dedup_index_suite = {
+	.name = "dm-qcow2dedup-index",
+	.init = index_init,
+	.exit = index_exit,
+	.test_cases = dedup_index_cases,
+};
+
+kunit_test_suite(dedup_index_suite);
