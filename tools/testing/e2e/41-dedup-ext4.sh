@@ -104,9 +104,11 @@ for f in "${big[@]}"; do
 import json, re, sys
 g2h = {}
 for x in json.load(open("img.map.json")):
-    if x["data"] and "offset" in x:
-        for o in range(0, x["length"], 4096):
+    for o in range(0, x["length"], 4096):
+        if x["data"] and "offset" in x:
             g2h[x["start"] + o] = x["offset"] + o
+        elif x.get("zero"):
+            g2h[x["start"] + o] = "zero"   # an all-zero block: a zero entry
 def blocks(c):  # leaf lines "lvl/max ent/max L0[ - L1] P0[ - P1] LEN": physical blocks in file order
     ext = []
     for line in open("ext." + c):
