@@ -304,18 +304,35 @@ enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
 EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 
 /**
- * dedup_sole_referrer() - is @guest the only referrer of host cluster @host?
+ * dedup_rekey_writing() - the cluster of READY entry @e, with one referrer,
+ *	is about to be overwritten in place with contents of digest @digest.
  * @idx: index.
- * @host: host cluster index.
- * @guest: guest cluster index.
+ * @e: the entry; it stays in the xarray all along, so map() never finds the
+ *	cluster unindexed and never writes into it meanwhile.
+ * @digest: the new contents' digest; no entry has it.
+ *
+ * The entry becomes WRITING with no referrer, as after
+ * dedup_insert_writing(); dedup_write_done() follows.
+ * Return: 0, or -EEXIST (a caller bug: the entry is removed).
  */
-bool dedup_sole_referrer(struct dedup_index *idx, u64 host, u64 guest)
+int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
+			const u8 *digest)
 {
-	struct dedup_entry *e = xa_load(&idx->by_host, host);
-
-	return e && e->state == DEDUP_READY && e->nr_refs == 1 && e->guest == guest;
+	rb_erase(&e->node, &idx->by_digest);
+	make_key(idx, digest, e->key);
+	e->state = DEDUP_WRITING;
+	e->nr_refs = 0;
+	INIT_LIST_HEAD(&e->waiters);
+	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
+		RB_CLEAR_NODE(&e->node);
+		xa_erase(&idx->by_host, e->host);
+		WRITE_ONCE(idx->entries, idx->entries - 1);
+		free_entry(idx, e);
+		return -EEXIST;
+	}
+	return 0;
 }
-EXPORT_SYMBOL_IF_KUNIT(dedup_sole_referrer);
+EXPORT_SYMBOL_IF_KUNIT(dedup_rekey_writing);
 
 /**
  * dedup_below_ceiling() - may a cluster with refcount @rc take one more

@@ -94,7 +94,8 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		  u64 *first);
 enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
 			       u64 *survivor);
-bool dedup_sole_referrer(struct dedup_index *idx, u64 host, u64 guest);
+int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
+			const u8 *digest);
 
 bool dedup_below_ceiling(u64 rc, u32 refcount_order);
 bool dedup_is_zero(const void *buf, size_t len);

@@ -119,10 +119,14 @@ static void hash_work(struct work_struct *ws)
 	if (!op->zero && crypto_shash_tfm_digest(q->tfm, op->buf, cs, op->digest))
 		op->status = BLK_STS_IOERR;
 
+	/*
+	 * Wake under the lock: once the worker can see the op, it may finish
+	 * it, and the target may go away with its workqueue.
+	 */
 	spin_lock_irqsave(&q->lock, flags);
 	list_add_tail(&op->list, &q->hashed);
-	spin_unlock_irqrestore(&q->lock, flags);
 	qcow2dedup_wake(q);
+	spin_unlock_irqrestore(&q->lock, flags);
 }
 
 /**
@@ -190,8 +194,8 @@ static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
 		return;
 	spin_lock_irqsave(&q->lock, flags);
 	list_splice_tail_init(&e->waiters, &q->hashed);
-	spin_unlock_irqrestore(&q->lock, flags);
 	qcow2dedup_wake(q);
+	spin_unlock_irqrestore(&q->lock, flags);
 }
 
 /**
@@ -325,9 +329,12 @@ static void submit_data(struct qcow2dedup *q, struct qcow2_op *op, bool index)
 	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
 }
 
-/* No cluster has this content: write it to a new one. */
-static void write_new(struct qcow2dedup *q, struct qcow2_op *op, bool index,
-		      bool cow)
+/*
+ * No cluster has this content: write it to a new one.  Return: 0 if the
+ * write started, or the error of the allocation (@op is still the caller's).
+ */
+static int write_new(struct qcow2dedup *q, struct qcow2_op *op, bool index,
+		     bool cow)
 {
 	u64 guest_off = op->guest_cluster << cluster_bits(q);
 	int r;
@@ -335,35 +342,58 @@ static void write_new(struct qcow2dedup *q, struct qcow2_op *op, bool index,
 	r = qcow2dedup_prepare_write(q, guest_off);
 	if (!r)
 		r = qcow2dedup_alloc(q, &op->host_off);
-	if (r) {
-		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
-		return;
-	}
+	if (r)
+		return r;
 	atomic64_inc(&q->clusters_allocated);
 	if (cow)
 		atomic64_inc(&q->cow_copies);
 	submit_data(q, op, index);
+	return 0;
 }
 
 /*
- * New contents for a cluster of refcount one that no other cluster has:
- * write them in place, as QEMU would (a full device must still take
- * overwrites).  An indexed cluster is re-indexed under its new digest: no
- * write into it can be in flight, since map() leaves indexed clusters to
- * the worker, which unindexes a cluster before a partial write goes in
- * place.  An unindexed one may have such writes in flight, so it stays
- * unindexed: its digest could not be trusted.
+ * New contents for a cluster of refcount one, written in place as QEMU
+ * would.  An indexed cluster is re-indexed under the new digest, its entry
+ * never leaving the xarray: no write into it can be in flight, since map()
+ * leaves indexed clusters to the worker, which unindexes a cluster before a
+ * partial write goes in place.  An unindexed one may have such writes in
+ * flight, so it stays unindexed: a digest of it could not be trusted.
  */
 static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
 			   u64 host_off, bool index)
 {
 	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
 
-	if (old)
+	if (old && index && !dedup_rekey_writing(&q->index, old, op->digest))
+		op->entry = old;
+	else if (old && !index)
 		dedup_remove(&q->index, old);
 	op->host_off = host_off;
 	op->in_place = true;
-	submit_data(q, op, index && old);
+	submit_data(q, op, false);
+}
+
+/*
+ * New contents for guest cluster @op->guest_cluster, whose cluster has
+ * refcount one.  Indexed: in place, re-indexed.  Not indexed (written
+ * before this activation, or by a partial write since): to a new, indexed
+ * cluster, the old one freed at the commit, so that identical writes can
+ * share it; in place, unindexed, only when the device is full.
+ */
+static void write_over_copied(struct qcow2dedup *q, struct qcow2_op *op,
+			      u64 host_off, bool index)
+{
+	int r;
+
+	if (dedup_host_indexed(&q->index, host_off >> cluster_bits(q))) {
+		write_in_place(q, op, host_off, index);
+		return;
+	}
+	r = write_new(q, op, index, false);
+	if (r == -ENOSPC)
+		write_in_place(q, op, host_off, false);
+	else if (r)
+		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
 }
 
 /**
@@ -430,12 +460,14 @@ void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
 		return;
 	}
 	if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
-		write_in_place(q, op, info.host_offset, !e);
+		write_over_copied(q, op, info.host_offset, !e);
 		return;
 	}
 	/* Replacing a cluster shared with a snapshot, or a compressed one. */
-	write_new(q, op, !e, (type == QCOW2_CLUSTER_NORMAL && !info.copied) ||
-		  type == QCOW2_CLUSTER_COMPRESSED);
+	r = write_new(q, op, !e, (type == QCOW2_CLUSTER_NORMAL && !info.copied) ||
+		      type == QCOW2_CLUSTER_COMPRESSED);
+	if (r)
+		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
 }
 
 /**

@@ -307,16 +307,27 @@ static struct qcow2_op *busy_find(struct qcow2dedup *q, u64 gc)
 	return n ? rb_entry(n, struct qcow2_op, node) : NULL;
 }
 
+/*
+ * qcow2-copied.c: an operation on guest cluster @gc holds a copy of its
+ * old contents (or is writing it); COPIED must not come back under it, or
+ * a write going in place meanwhile would be lost when the operation ends.
+ */
+static bool guest_busy(void *ctx, u64 gc)
+{
+	return busy_find(ctx, gc);
+}
+
 static void op_done(struct qcow2_op *op, blk_status_t status)
 {
 	struct qcow2dedup *q = op->q;
 	unsigned long flags;
 
 	op->status = status;
+	/* Wake under the lock, see hash_work(). */
 	spin_lock_irqsave(&q->lock, flags);
 	list_add_tail(&op->list, &q->completed);
-	spin_unlock_irqrestore(&q->lock, flags);
 	qcow2dedup_wake(q);
+	spin_unlock_irqrestore(&q->lock, flags);
 }
 
 static void clone_endio(struct bio *clone)
@@ -978,11 +989,11 @@ static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 
 static void qcow2dedup_free(struct qcow2dedup *q)
 {
+	qcow2dedup_dedup_dtr(q);
 	if (q->wq) {
 		cancel_delayed_work_sync(&q->waker);
 		destroy_workqueue(q->wq);
 	}
-	qcow2dedup_dedup_dtr(q);
 	if (q->io)
 		dm_io_client_destroy(q->io);
 	bioset_exit(&q->bs);
@@ -1135,7 +1146,7 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 	q->geo = qcow2_md_geometry(q->md);
-	qcow2_md_set_survivor_fn(q->md, qcow2dedup_survivor);
+	qcow2_md_set_callbacks(q->md, qcow2dedup_survivor, guest_busy);
 
 	r = dm_set_target_max_io_len(ti, q->geo->cluster_size >> SECTOR_SHIFT);
 	if (r) {
@@ -1251,7 +1262,7 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 	qcow2_md_close(q->md);
 	q->md = md;
 	q->geo = qcow2_md_geometry(md);
-	qcow2_md_set_survivor_fn(md, qcow2dedup_survivor);
+	qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy);
 	q->dbuf_offset = 0;
 	q->resumed = true;
 	return 0;

@@ -73,6 +73,11 @@ static int restore_one(struct qcow2_metadata *md, u64 guest_off, u64 host)
 	if (type != QCOW2_CLUSTER_NORMAL || info.copied ||
 	    info.host_offset >> md->geo.cluster_bits != host)
 		return 0;
+	if (md->guest_busy && md->guest_busy(md->ctx, guest_off >> md->geo.cluster_bits)) {
+		/* Its operation holds the old contents: try after the next commit. */
+		qcow2_copied_note(md, host);
+		return 0;
+	}
 	r = qcow2_rc_get(md, host, &rc);
 	if (r || rc != 1)
 		return r;

@@ -62,6 +62,8 @@ struct qcow2_metadata {
 	void (*wait_for_readers)(void *ctx);
 	/* Names the one guest cluster still pointing at a host cluster. */
 	bool (*survivor)(void *ctx, u64 host_cluster, u64 *guest_cluster);
+	/* Is an operation on a guest cluster in flight? */
+	bool (*guest_busy)(void *ctx, u64 guest_cluster);
 	void *ctx;
 };
 

@@ -778,18 +778,22 @@ bool qcow2_md_dirty(struct qcow2_metadata *md)
 }
 
 /**
- * qcow2_md_set_survivor_fn() - tell the metadata who can name the one
- *	remaining referrer of a cluster whose refcount fell to one.
+ * qcow2_md_set_callbacks() - tell the metadata who knows about referrers
+ *	and operations in flight, for restoring COPIED (qcow2-copied.c).
  * @md: metadata.
- * @survivor: returns true and the guest cluster index, or false (the
- *	metadata then finds it by scanning the L2 tables).  Called by the
- *	worker inside qcow2_md_commit().
+ * @survivor: names the one remaining referrer of a host cluster whose
+ *	refcount fell to one, or returns false (the L2 tables are scanned).
+ * @busy: true while an operation on a guest cluster is in flight.
+ *
+ * Both are called by the worker inside qcow2_md_commit().
  */
-void qcow2_md_set_survivor_fn(struct qcow2_metadata *md,
-			      bool (*survivor)(void *ctx, u64 host_cluster,
-					       u64 *guest_cluster))
+void qcow2_md_set_callbacks(struct qcow2_metadata *md,
+			    bool (*survivor)(void *ctx, u64 host_cluster,
+					     u64 *guest_cluster),
+			    bool (*busy)(void *ctx, u64 guest_cluster))
 {
 	md->survivor = survivor;
+	md->guest_busy = busy;
 }
 
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md)

@@ -47,9 +47,10 @@ int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_commit(struct qcow2_metadata *md, bool final);
 bool qcow2_md_dirty(struct qcow2_metadata *md);
-void qcow2_md_set_survivor_fn(struct qcow2_metadata *md,
-			      bool (*survivor)(void *ctx, u64 host_cluster,
-					       u64 *guest_cluster));
+void qcow2_md_set_callbacks(struct qcow2_metadata *md,
+			    bool (*survivor)(void *ctx, u64 host_cluster,
+					     u64 *guest_cluster),
+			    bool (*busy)(void *ctx, u64 guest_cluster));
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md);
 void qcow2_md_usage(struct qcow2_metadata *md, u64 *used, u64 *total);
 

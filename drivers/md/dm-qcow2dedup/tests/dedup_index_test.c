@@ -23,6 +23,14 @@ static void digest_of(u8 *d, unsigned int n)
 		d[i] = (u8)(n * 37 + i * (n | 1));
 }
 
+/* Is @guest the one referrer of host cluster @host? */
+static bool sole_referrer(struct dedup_index *idx, u64 host, u64 guest)
+{
+	struct dedup_entry *e = dedup_find_host(idx, host);
+
+	return e && e->state == DEDUP_READY && e->nr_refs == 1 && e->guest == guest;
+}
+
 static int index_init(struct kunit *test)
 {
 	struct dedup_index *idx = kunit_kzalloc(test, sizeof(*idx), GFP_KERNEL);
@@ -204,10 +212,10 @@ static void copied_transitions(struct kunit *test)
 	digest_of(d, 4);
 	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 80, &e), 0);
 	dedup_write_done(idx, e, 100);
-	KUNIT_EXPECT_TRUE(test, dedup_sole_referrer(idx, 80, 100));
+	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 80, 100));
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 101, &first), 1);
 	KUNIT_EXPECT_EQ(test, first, 100ULL);
-	KUNIT_EXPECT_FALSE(test, dedup_sole_referrer(idx, 80, 100));
+	KUNIT_EXPECT_FALSE(test, sole_referrer(idx, 80, 100));
 	KUNIT_EXPECT_EQ(test, idx->shared, 1ULL);
 	/* Many referrers: the array grows. */
 	for (g = 102; g < 110; g++)
@@ -226,7 +234,7 @@ static void copied_transitions(struct kunit *test)
 	}
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 107, &survivor), DEDUP_DROP_UNIQUE);
 	KUNIT_EXPECT_EQ(test, survivor, 105ULL);
-	KUNIT_EXPECT_TRUE(test, dedup_sole_referrer(idx, 80, 105));
+	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 80, 105));
 	KUNIT_EXPECT_EQ(test, idx->shared, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->array_bytes, 0ULL);
@@ -237,6 +245,39 @@ static void copied_transitions(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, survivor, 200ULL);
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 200, &survivor), DEDUP_DROP_GONE);
 	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
+}
+
+/*
+ * An overwrite in place of an indexed cluster re-keys its entry: the host
+ * stays indexed throughout (map() must never see it unindexed), the old
+ * digest stops matching, the new one is a WRITING lock.
+ */
+static void rekey_in_place(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u8 d1[DEDUP_KEY_MAX], d2[DEDUP_KEY_MAX], d3[DEDUP_KEY_MAX];
+	struct dedup_entry *e, *other;
+
+	digest_of(d1, 5);
+	digest_of(d2, 6);
+	digest_of(d3, 7);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 90, &e), 0);
+	dedup_write_done(idx, e, 9);
+	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, e, d2), 0);
+	KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 90));
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d1));
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d2), e);
+	KUNIT_EXPECT_EQ(test, e->state, DEDUP_WRITING);
+	KUNIT_EXPECT_EQ(test, e->nr_refs, 0U);
+	dedup_write_done(idx, e, 9);
+	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 90, 9));
+	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
+	/* Re-keying onto a digest another entry has: refused, entry gone. */
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d3, 91, &other), 0);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d3), -EEXIST);
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 90));
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d3), other);
+	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
 }
 
 /* At the memory limit new content is not indexed; existing entries stay. */
@@ -306,6 +347,7 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(hash_lock_writer_fails),
 	KUNIT_CASE(overwrite_before_share),
 	KUNIT_CASE(copied_transitions),
+	KUNIT_CASE(rekey_in_place),
 	KUNIT_CASE(memory_limit),
 	KUNIT_CASE(refcount_ceiling),
 	KUNIT_CASE(zero_detection),
