@@ -48,6 +48,10 @@ EOF
 	dmsetup status "$name"
 	mode=$(dmsetup status "$name" | cut -d' ' -f4)
 	[ "$mode" = write ] || { echo "smoke: $name is in $mode mode" >&2; exit 1; }
+	# The ops write some data twice: this kernel's sha256 must find it.
+	dmsetup message "$name" 0 stats
+	hits=$(dmsetup status "$name" | cut -d' ' -f13)
+	[ "$hits" -gt 0 ] || { echo "smoke: $name: no dedup hit" >&2; exit 1; }
 	dmsetup remove "$name"
 	echo "smoke: $name written and removed"
 }
