@@ -29,7 +29,6 @@
  * the new digest before the write starts.  Partial writes into a cluster of
  * refcount one go in place too, after unindexing it: they are not hashed.
  */
-#include <linux/dm-io.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -308,25 +307,11 @@ static blk_status_t share(struct qcow2dedup *q, struct qcow2_op *op,
 /* Write @op->buf to @op->host_off; qcow2dedup_hashed_done() follows. */
 static void submit_data(struct qcow2dedup *q, struct qcow2_op *op, bool index)
 {
-	struct dm_io_region region = {
-		.bdev = q->dev->bdev,
-		.sector = op->host_off >> SECTOR_SHIFT,
-		.count = q->geo->cluster_size >> SECTOR_SHIFT,
-	};
-	struct dm_io_request req = {
-		.bi_opf = REQ_OP_WRITE,
-		.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
-		.mem.ptr.addr = op->buf,
-		.notify.fn = qcow2dedup_buffered_endio,
-		.notify.context = op,
-		.client = q->io,
-	};
-
 	/* At the memory limit, or out of memory: the cluster stays unindexed. */
 	if (index)
 		dedup_insert_writing(&q->index, op->digest,
 				     op->host_off >> cluster_bits(q), &op->entry);
-	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+	qcow2dedup_write_buffer(q, op);
 }
 
 /*

@@ -339,9 +339,35 @@ static void clone_endio(struct bio *clone)
 	op_done(op, status);
 }
 
-void qcow2dedup_buffered_endio(unsigned long error, void *context)
+static void buffered_endio(unsigned long error, void *context)
 {
 	op_done(context, error ? BLK_STS_IOERR : BLK_STS_OK);
+}
+
+/**
+ * qcow2dedup_write_buffer() - write the cluster in @op->buf to
+ *	@op->host_off; the op completes through the worker (finish_op()).
+ * @q: target.
+ * @op: the operation.
+ */
+void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	struct dm_io_region region = {
+		.bdev = q->dev->bdev,
+		.sector = op->host_off >> SECTOR_SHIFT,
+		.count = q->geo->cluster_size >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_WRITE,
+		.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
+		.mem.ptr.addr = op->buf,
+		.notify.fn = buffered_endio,
+		.notify.context = op,
+		.client = q->io,
+	};
+
+	/* Asynchronous dm_io() fails only on bad arguments; never here. */
+	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
 }
 
 /* Complete one piece of a bio that may have several (write-zeroes). */
@@ -491,22 +517,8 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		clone->bi_private = op;
 		submit_bio_noacct(clone);
 	} else {
-		struct dm_io_region region = {
-			.bdev = q->dev->bdev,
-			.sector = op->host_off >> SECTOR_SHIFT,
-			.count = cs >> SECTOR_SHIFT,
-		};
-		struct dm_io_request req = {
-			.bi_opf = REQ_OP_WRITE,
-			.mem.type = is_vmalloc_addr(op->buf) ? DM_IO_VMA : DM_IO_KMEM,
-			.mem.ptr.addr = op->buf,
-			.notify.fn = qcow2dedup_buffered_endio,
-			.notify.context = op,
-			.client = q->io,
-		};
-
 		q->buffered_ops++;
-		dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+		qcow2dedup_write_buffer(q, op);
 	}
 	return 0;
 bad:

@@ -164,7 +164,7 @@ void qcow2dedup_op_free(struct qcow2_op *op);
 bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
 void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 			   blk_status_t status);
-void qcow2dedup_buffered_endio(unsigned long error, void *context);
+void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
 
 /* dedup-write.c */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);

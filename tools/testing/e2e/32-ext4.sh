@@ -22,18 +22,9 @@ source "$(dirname "$0")/lib.sh"
 cd "$WORK"
 
 # The source tree: whatever of these exists, until about 100 MiB.
-mkdir src
-total=0
-for d in /usr/lib/python3.[0-9]* /usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/share/perl5; do
-	[ -d "$d" ] || continue
-	[ "$total" -lt $((100 << 20)) ] || break
-	name=$(echo "${d#/}" | tr / _)
-	cp -a "$d" "src/$name"
-	total=$(du -sb src | cut -f1)
-done
+total=$(host_tree src)
 files=$(find src -type f | wc -l)
 log "source tree: $((total >> 20)) MiB, $files files"
-[ "$total" -ge $((50 << 20)) ] || fail "source tree too small ($total bytes)"
 # The largest top-level directory is deleted, trimmed and copied back.
 big=$(du -s src/* | sort -n | tail -n 1 | cut -f2)
 big=${big#src/}

@@ -46,21 +46,14 @@ SEED=${POWERCUT_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
 ROUNDS=${POWERCUT_ROUNDS:-20}
 log "seed $SEED (POWERCUT_SEED=$SEED $0 repeats this run), $ROUNDS rounds"
 cd "$WORK"
-
-# uml-run --cut-after exits 1 instead of 137, silently and without its check
-# for kernel reports, when its watcher has already exited by the time it is
-# killed (set -e and `kill "$watcher"`, about 1 run in 6 here).  Until
-# uml-run is fixed, cut with a copy in which that one kill may fail.
-UML_CUT=$UML_RUN
-# shellcheck disable=SC2016 # $watcher is uml-run's text, not ours
-if grep -q 'kill "$watcher" 2>/dev/null; wait' "$UML_RUN"; then
-	# shellcheck disable=SC2016
-	sed 's/kill "$watcher" 2>\/dev\/null; wait/kill "$watcher" 2>\/dev\/null || true; wait/' \
-		"$UML_RUN" >"$WORK/uml-run-cut"
-	chmod +x "$WORK/uml-run-cut"
-	UML_CUT=$WORK/uml-run-cut
-	log "using a copy of uml-run whose --cut-after tolerates an exited watcher"
-fi
+# POWERCUT_DEDUP=1 (44-dedup-powercut): most writes repeat a few contents,
+# so the target shares clusters and moves COPIED both ways at every cut.
+# qemu-img check may then report COPIED flags in the documented window (see
+# the admin guide: a flag mismatch, never a second writer); they must be the
+# only errors, `qemu-img check -r all` repairs them, and the data checks are
+# unchanged.  POWERCUT_PART2=0 skips part 2.
+DEDUP=${POWERCUT_DEDUP:-0}
+[ "$DEDUP" = 1 ] && touch dedup.flag
 
 VSIZE=$((128 << 20))
 SECTORS=$((VSIZE / 512))
@@ -71,9 +64,14 @@ import json, mmap, os, random, re, shutil, struct, subprocess, sys, tempfile, ti
 
 SECTOR = 512
 
+DEDUP = os.path.exists("dedup.flag")
+
 def data(seed, rnd, b, k, off, length):
-    """The bytes op k of batch b writes: a readable tag in every sector."""
+    """The bytes op k of batch b writes: a readable tag in every sector;
+    with dedup.flag, most often one of four contents per length instead."""
     r = random.Random("%s/%d/%d/%d" % (seed, rnd, b, k))
+    if DEDUP and r.random() < 0.7:
+        return random.Random("pool/%d/%d" % (length, r.randrange(4))).randbytes(length)
     out = bytearray(r.randbytes(length))
     for s in range(0, length, SECTOR):
         tag = b"[seed %s round %d batch %d op %d sector %d]" % (
@@ -265,7 +263,10 @@ def qcheck(image):
     except ValueError:
         return 1, 0, p.stdout + p.stderr
     errs = [l for l in p.stderr.split("\n") if l.startswith("ERROR") or "orrupt" in l]
-    return j.get("corruptions", 0) + j.get("check-errors", 0), j.get("leaks", 0), "\n".join(errs)
+    bad = j.get("corruptions", 0) + j.get("check-errors", 0)
+    if DEDUP:
+        bad -= sum(1 for l in errs if l.startswith("ERROR OFLAG_COPIED data cluster"))
+    return bad, j.get("leaks", 0), "\n".join(errs)
 
 def replay(args):
     """replay LOGDEV IMAGE PLAN BASE.raw SEED: crash states from a dm-log-writes
@@ -411,10 +412,12 @@ if __name__ == "__main__":
 PY
 
 # check_image IMAGE: qemu-img check must find no corruption; print the leaks.
+# With DEDUP=1, COPIED mismatches of data clusters are the documented crash
+# window: counted apart (logged), then repaired with qemu-img check -r all.
 check_image() {
 	local out
-	# Leaked clusters are listed on stderr, the JSON report on stdout.
-	out=$(qemu-img check --output=json "$1" 2>/dev/null) || true
+	# Leaked clusters and errors are listed on stderr, the JSON report on stdout.
+	out=$(qemu-img check --output=json "$1" 2>check.err) || true
 	python3 -c '
 import json, sys
 try:
@@ -422,8 +425,17 @@ try:
 except ValueError:
     print("qemu-img check output is not JSON: " + sys.argv[1]); sys.exit(2)
 bad = j.get("corruptions", 0) + j.get("check-errors", 0)
+copied = sum(1 for l in open("check.err") if l.startswith("ERROR OFLAG_COPIED data cluster"))
+if sys.argv[2] == "1":
+    bad -= copied
+    if copied:
+        print("# %d COPIED flags in the window" % copied, file=sys.stderr)
 print(j.get("leaks", 0))
-sys.exit(1 if bad else 0)' "$out" || { echo "$out" >&2; qemu-img check "$1" >&2 || true; return 1; }
+sys.exit(1 if bad else 0)' "$out" "$DEDUP" || { echo "$out" >&2; cat check.err >&2; return 1; }
+	if [ "$DEDUP" = 1 ] && grep -q '^ERROR OFLAG_COPIED' check.err; then
+		qemu-img check -q -r all "$1" >/dev/null 2>&1 || true
+		qemu-img check -q "$1" >/dev/null 2>&1 || { echo "qemu-img check -r all did not repair $1" >&2; return 1; }
+	fi
 }
 
 # Image A: empty, 64 KiB clusters.
@@ -474,7 +486,7 @@ exec python3 pc.py run plan.$round.json /dev/mapper/pc log.$round started.$round
 EOF
 	t0=$(date +%s.%N)
 	rc=0
-	"$UML_CUT" --cut-after "$cut_at" -d "$img.qcow2" -- bash "inner.$round.sh" >"out.$round" 2>&1 || rc=$?
+	"$UML_RUN" --cut-after "$cut_at" -d "$img.qcow2" -- bash "inner.$round.sh" >"out.$round" 2>&1 || rc=$?
 	if [ -f "started.$round" ]; then
 		delay=$(python3 -c 'import os, sys; print("%.2f" % (os.stat(sys.argv[1]).st_mtime - float(sys.argv[2])))' "started.$round" "$t0")
 		start_delay=$(python3 -c 'import sys; print("%.2f" % (0.5 * float(sys.argv[1]) + 0.5 * float(sys.argv[2])))' "$start_delay" "$delay")
@@ -535,7 +547,8 @@ t=$SECONDS
 uml -d A.qcow2 -d B.qcow2 -- bash inner.final.sh || fail "final clean activation"
 log "clean activation, full read and removal: $((SECONDS - t))s"
 for img in A B; do
-	leaks=$(check_image "$img.qcow2") || fail "$img: corruption after the clean activation"
+	# After a clean deactivation every COPIED flag must be exact: no allowance.
+	leaks=$(DEDUP=0 check_image "$img.qcow2") || fail "$img: corruption after the clean activation"
 	qemu-img check -q -r leaks "$img.qcow2" >/dev/null 2>&1 || true
 	qemu-img check -q "$img.qcow2" || fail "$img: qemu-img check not clean after -r leaks"
 	qemu-img convert -O raw "$img.qcow2" "$img.repaired.raw"
@@ -545,6 +558,11 @@ done
 qemu-img convert -O raw -l snapshot.name=base B.qcow2 B.snap.now.raw
 cmp -s B.snap.raw B.snap.now.raw || fail "B: the snapshot changed"
 log "all $ROUNDS power cuts survived (${SECONDS}s)"
+
+if [ "${POWERCUT_PART2:-1}" = 0 ]; then
+	log "part 2 skipped (POWERCUT_PART2=0); total ${SECONDS}s"
+	exit 0
+fi
 
 # Part 2: the UML power cut keeps every write that completed, as a disk
 # without a volatile cache would.  A disk with one may keep any subset of

@@ -26,15 +26,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$WORK"
 
-mkdir src
-total=0
-for d in /usr/lib/python3.[0-9]* /usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/share/perl5; do
-	[ -d "$d" ] || continue
-	[ "$total" -lt $((100 << 20)) ] || break
-	cp -a "$d" "src/$(echo "${d#/}" | tr / _)"
-	total=$(du -sb src | cut -f1)
-done
-[ "$total" -ge $((50 << 20)) ] || fail "source tree too small ($total bytes)"
+total=$(host_tree src)
 # Data blocks of the tree: what the second copy must find in the index.
 blocks=$(find src -type f -printf '%s\n' | awk '{ b += int(($1 + 4095) / 4096) } END { print b }')
 log "source tree: $((total >> 20)) MiB, $(find src -type f | wc -l) files, $blocks data blocks"

@@ -187,3 +187,20 @@ agree() {
 		want_stat "$1.st" "$k" -eq "$v"
 	done
 }
+
+# host_tree DIR: copy about 100 MiB of real files (Python's and Perl's
+# libraries, on any Debian 12 with the packages of tools/testing/deps) into
+# DIR, one subdirectory per source, so the host cannot change them under a
+# test.  Prints the bytes copied; fails under 50 MiB.
+host_tree() {
+	local dir=$1 total=0 d
+	mkdir -p "$dir"
+	for d in /usr/lib/python3.[0-9]* /usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/share/perl5; do
+		[ -d "$d" ] || continue
+		[ "$total" -lt $((100 << 20)) ] || break
+		cp -a "$d" "$dir/$(echo "${d#/}" | tr / _)"
+		total=$(du -sb "$dir" | cut -f1)
+	done
+	[ "$total" -ge $((50 << 20)) ] || fail "source tree too small ($total bytes)"
+	echo "$total"
+}
