@@ -21,8 +21,9 @@
  * in the first step of the next commit, the new L2 entry written in the
  * second (qcow2-metadata.c), so no crash leaves a COPIED flag on a cluster
  * two entries share.  Refcounts falling back to one get their COPIED back
- * one commit later (qcow2-copied.c), the remaining referrer named by the
- * index (qcow2dedup_survivor()).
+ * in a second round of the same commit, once the refcount of one is on
+ * disk (qcow2-copied.c), the remaining referrer named by the index
+ * (qcow2dedup_survivor()).
  *
  * New contents of a cluster of refcount one go in place when no other
  * cluster has them (write_in_place()), and the cluster is re-indexed under
@@ -218,7 +219,7 @@ void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
  * @old_host: host byte offset of the old standard cluster.
  * @gc: guest cluster index.
  *
- * When one referrer remains, qcow2-copied.c asks for it at the next commit
+ * When one referrer remains, qcow2-copied.c asks for it during the commit
  * (qcow2dedup_survivor()), once the refcount of one is on disk.
  */
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc)

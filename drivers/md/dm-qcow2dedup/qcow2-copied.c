@@ -12,18 +12,19 @@
  * Order.  Setting COPIED before the refcount of one is on disk could let
  * QEMU, after a crash, write in place into a cluster still shared.  So a
  * cluster noted in a commit's decrements (qcow2_copied_note()) is handled
- * in the next commit, whose first flush makes the refcount durable before
- * its second step writes the flag.  A crash in between leaves COPIED clear
- * on a refcount of one: a flag mismatch that QEMU's check reports and
- * repairs (qemu-img check -r all), with no data at risk.
+ * in a second round of the same commit, whose first flush makes the
+ * refcount durable before its second step writes the flag.  A crash in
+ * between leaves COPIED clear on a refcount of one: a flag mismatch that
+ * QEMU's check reports and repairs (qemu-img check -r all), with no data
+ * at risk.  Clusters left to the L2 scan stay in that state until it runs.
  *
  * Finding the remaining reference.  The target's dedup index knows the
  * referrers of the clusters it shared in this activation (the survivor
  * callback).  For the others (shared in an earlier activation, or a
  * snapshot's cluster whose active reference went) the active L2 tables
- * are scanned, in batches: when much is waiting, every SCAN_PERIOD, and
- * always in a final commit, so a clean deactivation leaves every flag
- * exact.  A cluster whose last reference is a snapshot's is simply not
+ * are scanned: at once while they are few (SCAN_CHEAP), otherwise in
+ * batches, when much is waiting or every SCAN_PERIOD; always in a final
+ * commit, so a clean deactivation leaves every flag exact.  A cluster whose last reference is a snapshot's is simply not
  * found, which is right: COPIED is only defined for the active L1.
  */
 #include <linux/jiffies.h>
@@ -33,6 +34,8 @@
 
 #define SCAN_PERIOD	(30 * HZ)
 #define SCAN_BATCH	65536
+/* A scan of at most this many L2 entries (2 MiB of tables) runs at once. */
+#define SCAN_CHEAP	262144
 
 void qcow2_copied_note(struct qcow2_metadata *md, u64 cluster)
 {
@@ -40,7 +43,7 @@ void qcow2_copied_note(struct qcow2_metadata *md, u64 cluster)
 	xa_store(&md->unique_next, cluster, xa_mk_value(1), GFP_NOIO);
 }
 
-/* After a commit: this commit's notes wait for the next one. */
+/* After a commit round: its notes are handled by the next round. */
 void qcow2_copied_advance(struct qcow2_metadata *md)
 {
 	unsigned long c;
@@ -154,6 +157,16 @@ static int scan_tables(struct qcow2_metadata *md)
 	return r;
 }
 
+/* Few L2 tables: scanning them costs less than keeping flags wrong. */
+static bool scan_is_cheap(struct qcow2_metadata *md)
+{
+	u64 tables = 0, i;
+
+	for (i = 0; i < md->geo.l1_size; i++)
+		tables += !!(md->l1[i] & QCOW2_L1E_OFFSET_MASK);
+	return (tables << md->geo.l2_bits) <= SCAN_CHEAP;
+}
+
 /**
  * qcow2_copied_restore() - at the start of a commit, stage COPIED for the
  *	clusters whose refcount fell to one in an earlier commit.
@@ -180,7 +193,7 @@ int qcow2_copied_restore(struct qcow2_metadata *md, bool final)
 	xa_destroy(&md->unique_ready);
 	if (r || !md->nr_scan)
 		return r;
-	if (final || md->nr_scan >= SCAN_BATCH ||
+	if (final || md->nr_scan >= SCAN_BATCH || scan_is_cheap(md) ||
 	    time_after(jiffies, md->last_scan + SCAN_PERIOD))
 		r = scan_tables(md);
 	return r;

@@ -752,18 +752,24 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 		if (r)
 			return r;
 		qcow2_copied_advance(md);
-		if (!final) {
+		/*
+		 * Refcounts that fell to one: another round makes them
+		 * durable (its first step) and then writes the COPIED flags
+		 * of their remaining references (its second), so the window
+		 * in which a crash leaves such a flag clear is this commit.
+		 */
+		if (!final && xa_empty(&md->unique_ready)) {
 			dm_bufio_write_dirty_buffers_async(md->bufio);
 			return 0;
 		}
-		r = dm_bufio_write_dirty_buffers(md->bufio);
-		if (!r)
-			r = dm_bufio_issue_flush(md->bufio);
-		/*
-		 * Refcounts that fell to one are on disk now: another round
-		 * writes the COPIED flags of their remaining references.
-		 */
+		if (final) {
+			r = dm_bufio_write_dirty_buffers(md->bufio);
+			if (!r)
+				r = dm_bufio_issue_flush(md->bufio);
+		}
 	} while (!r && --rounds && !xa_empty(&md->unique_ready));
+	if (!r && !final)
+		dm_bufio_write_dirty_buffers_async(md->bufio);
 	return r;
 }
 
