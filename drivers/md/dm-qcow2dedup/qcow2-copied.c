@@ -24,8 +24,9 @@
  * snapshot's cluster whose active reference went) the active L2 tables
  * are scanned: at once while they are few (SCAN_CHEAP), otherwise in
  * batches, when much is waiting or every SCAN_PERIOD; always in a final
- * commit, so a clean deactivation leaves every flag exact.  A cluster whose last reference is a snapshot's is simply not
- * found, which is right: COPIED is only defined for the active L1.
+ * commit, so a clean deactivation leaves every flag exact.  A cluster
+ * whose last reference is a snapshot's is simply not found, which is
+ * right: COPIED is only defined for the active L1.
  */
 #include <linux/jiffies.h>
 #include <linux/unaligned.h>
