@@ -264,15 +264,14 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_add_ref);
  * @idx: index.
  * @host: host cluster index.
  * @guest: the referrer that went.
- * @survivor: for DEDUP_DROP_UNIQUE, the remaining referrer.
  *
  * Return: what happened, see enum dedup_drop.  A @guest the entry does not
  * list (a reference the index never knew) changes nothing.
  */
-enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
-			       u64 *survivor)
+enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest)
 {
 	struct dedup_entry *e = xa_load(&idx->by_host, host);
+	u64 survivor;
 	u32 i;
 
 	if (!e || e->state != DEDUP_READY)
@@ -292,13 +291,13 @@ enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
 	if (e->nr_refs > 1)
 		return DEDUP_DROP_SHARED;
 
-	/* Back to one referrer: inline again. */
-	*survivor = e->guests[0];
+	/* Back to one referrer, the survivor: inline again. */
+	survivor = e->guests[0];
 	WRITE_ONCE(idx->array_bytes, idx->array_bytes - e->cap * sizeof(u64));
 	WRITE_ONCE(idx->shared, idx->shared - 1);
 	kfree(e->guests);
 	e->cap = 0;
-	e->guest = *survivor;
+	e->guest = survivor;
 	return DEDUP_DROP_UNIQUE;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);

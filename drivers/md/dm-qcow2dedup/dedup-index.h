@@ -71,7 +71,7 @@ struct dedup_index {
 enum dedup_drop {
 	DEDUP_DROP_NONE,		/* the cluster is not indexed */
 	DEDUP_DROP_SHARED,		/* still two or more referrers */
-	DEDUP_DROP_UNIQUE,		/* two -> one: set COPIED on *survivor */
+	DEDUP_DROP_UNIQUE,		/* two -> one: the survivor is ->guest */
 	DEDUP_DROP_GONE,		/* last referrer: entry removed */
 };
 
@@ -92,8 +92,7 @@ void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e,
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		  u64 *first);
-enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest,
-			       u64 *survivor);
+enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest);
 

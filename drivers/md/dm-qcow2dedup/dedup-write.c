@@ -203,11 +203,16 @@ static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
  *	written in place: its digest will be wrong, take it out of the index.
  * @q: target.
  * @host_off: a cluster of refcount one.
+ *
+ * Nothing to do without dedup.
  */
 void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
 {
-	struct dedup_entry *e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
+	struct dedup_entry *e;
 
+	if (!q->dedup)
+		return;
+	e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
 	/* READY with one referrer: COPIED clusters are never WRITING. */
 	if (e && e->state == DEDUP_READY)
 		dedup_remove(&q->index, e);
@@ -224,9 +229,7 @@ void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
  */
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc)
 {
-	u64 survivor;
-
-	dedup_drop_ref(&q->index, old_host >> cluster_bits(q), gc, &survivor);
+	dedup_drop_ref(&q->index, old_host >> cluster_bits(q), gc);
 }
 
 /* qcow2-copied.c: the one guest cluster still pointing at @host_cluster. */

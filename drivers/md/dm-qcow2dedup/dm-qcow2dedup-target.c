@@ -689,8 +689,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied &&
 	    (!q->dedup || bio->bi_iter.bi_size < q->geo->cluster_size)) {
 		/* Its digest no longer describes the cluster: unindex it. */
-		if (q->dedup)
-			qcow2dedup_forget_host(q, info.host_offset);
+		qcow2dedup_forget_host(q, info.host_offset);
 		remap_held(q, bio, info.host_offset + in, idx);
 		dm_submit_bio_remap(bio, NULL);
 		return 0;
@@ -787,8 +786,7 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 			continue;
 		if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
 			/* Synchronous in place: the worker owns the cluster here. */
-			if (q->dedup)
-				qcow2dedup_forget_host(q, info.host_offset);
+			qcow2dedup_forget_host(q, info.host_offset);
 			r = blkdev_issue_zeroout(q->dev->bdev,
 						 (info.host_offset + in) >> SECTOR_SHIFT,
 						 len >> SECTOR_SHIFT, GFP_NOIO,

@@ -140,7 +140,7 @@ static void hash_lock_wait_then_share(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, seen->state, DEDUP_WRITING);
 	list_add_tail(&b_waiting, &seen->waiters);		/* B waits */
 	/* No referrer yet: a drop for the cluster changes nothing. */
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 50, 10, &first), DEDUP_DROP_NONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 50, 10), DEDUP_DROP_NONE);
 	dedup_write_done(idx, a, 10);				/* A done */
 	KUNIT_EXPECT_EQ(test, a->state, DEDUP_READY);
 	KUNIT_EXPECT_FALSE(test, list_empty(&a->waiters));
@@ -183,7 +183,6 @@ static void overwrite_before_share(struct kunit *test)
 	struct dedup_index *idx = test->priv;
 	struct dedup_entry *a;
 	u8 d[DEDUP_KEY_MAX];
-	u64 s;
 
 	digest_of(d, 3);
 	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 70, &a), 0);
@@ -195,7 +194,7 @@ static void overwrite_before_share(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 71, &a), 0);
 	dedup_write_done(idx, a, 6);
 	/* Discard of the only referrer: the entry goes at once. */
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 71, 6, &s), DEDUP_DROP_GONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 71, 6), DEDUP_DROP_GONE);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 71));
 	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
@@ -205,7 +204,7 @@ static void overwrite_before_share(struct kunit *test)
 static void copied_transitions(struct kunit *test)
 {
 	struct dedup_index *idx = test->priv;
-	u64 first = ~0ULL, survivor = ~0ULL, g;
+	u64 first = ~0ULL, g;
 	struct dedup_entry *e;
 	u8 d[DEDUP_KEY_MAX];
 
@@ -223,17 +222,17 @@ static void copied_transitions(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, e->nr_refs, 10U);
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 9ULL);
 	/* A referrer the index never knew: nothing. */
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 999, &survivor), DEDUP_DROP_NONE);
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 81, 100, &survivor), DEDUP_DROP_NONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 999), DEDUP_DROP_NONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 81, 100), DEDUP_DROP_NONE);
 	/* Drop all but 105, in a scattered order. */
 	for (g = 100; g < 110; g++) {
 		if (g == 105 || g == 107)
 			continue;
-		KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, g, &survivor),
+		KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, g),
 				DEDUP_DROP_SHARED);
 	}
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 107, &survivor), DEDUP_DROP_UNIQUE);
-	KUNIT_EXPECT_EQ(test, survivor, 105ULL);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 107), DEDUP_DROP_UNIQUE);
+	KUNIT_EXPECT_EQ(test, e->guest, 105ULL);
 	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 80, 105));
 	KUNIT_EXPECT_EQ(test, idx->shared, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 0ULL);
@@ -241,9 +240,9 @@ static void copied_transitions(struct kunit *test)
 	/* And up again: the survivor is now the first. */
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 200, &first), 1);
 	KUNIT_EXPECT_EQ(test, first, 105ULL);
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 105, &survivor), DEDUP_DROP_UNIQUE);
-	KUNIT_EXPECT_EQ(test, survivor, 200ULL);
-	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 200, &survivor), DEDUP_DROP_GONE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 105), DEDUP_DROP_UNIQUE);
+	KUNIT_EXPECT_EQ(test, e->guest, 200ULL);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 200), DEDUP_DROP_GONE);
 	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
 }
 
