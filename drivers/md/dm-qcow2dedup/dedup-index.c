@@ -33,7 +33,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_entry_bytes);
 
 u64 dedup_index_bytes(const struct dedup_index *idx)
 {
-	return READ_ONCE(idx->entries) * dedup_entry_bytes() +
+	return (READ_ONCE(idx->entries) + READ_ONCE(idx->unkeyed)) * dedup_entry_bytes() +
 	       READ_ONCE(idx->array_bytes);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_bytes);
@@ -44,6 +44,7 @@ void dedup_index_init(struct dedup_index *idx, unsigned int key_len,
 	memset(idx, 0, sizeof(*idx));
 	idx->by_digest = RB_ROOT;
 	xa_init(&idx->by_host);
+	xa_init(&idx->clears);
 	idx->key_len = min_t(unsigned int, key_len, DEDUP_KEY_MAX);
 	idx->limit_bytes = limit_bytes;
 }
@@ -66,8 +67,13 @@ void dedup_index_destroy(struct dedup_index *idx)
 	xa_for_each(&idx->by_host, i, e)
 		free_entry(idx, e);
 	xa_destroy(&idx->by_host);
+	xa_destroy(&idx->clears);
 	idx->by_digest = RB_ROOT;
 	idx->entries = 0;
+	idx->unkeyed = 0;
+	idx->dirty = 0;
+	idx->nr_clears = 0;
+	idx->persisted = 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_destroy);
 
@@ -88,6 +94,22 @@ static void make_key(const struct dedup_index *idx, const u8 *digest, u8 *key)
 {
 	memset(key, 0, DEDUP_KEY_MAX);
 	memcpy(key, digest, idx->key_len);
+}
+
+static void mark_dirty(struct dedup_index *idx, struct dedup_entry *e)
+{
+	if (!xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY)) {
+		xa_set_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY);
+		WRITE_ONCE(idx->dirty, idx->dirty + 1);
+	}
+}
+
+static void unmark_dirty(struct dedup_index *idx, struct dedup_entry *e)
+{
+	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY)) {
+		xa_clear_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY);
+		WRITE_ONCE(idx->dirty, idx->dirty - 1);
+	}
 }
 
 /**
@@ -173,6 +195,75 @@ int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
 EXPORT_SYMBOL_IF_KUNIT(dedup_insert_writing);
 
 /**
+ * dedup_insert_unkeyed() - index a cluster whose digest is not trusted yet.
+ * @idx: index.
+ * @host: host cluster index, not indexed.
+ * @key: its slot from the on-disk table (persisted), or NULL (the rebuild
+ *	is about to hash it).
+ * @entry: the new UNKEYED entry, without referrers.
+ *
+ * Return: 0, -ENOSPC at the memory limit, -EEXIST, or -ENOMEM.
+ */
+int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
+			 struct dedup_entry **entry)
+{
+	struct dedup_entry *e;
+	int r;
+
+	if (idx->limit_bytes &&
+	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
+		return -ENOSPC;
+	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
+	if (!e)
+		return -ENOMEM;
+	RB_CLEAR_NODE(&e->node);
+	if (key) {
+		memcpy(e->key, key, DEDUP_KEY_MAX);
+		e->persisted = true;
+	}
+	e->host = host;
+	e->state = DEDUP_UNKEYED;
+	INIT_LIST_HEAD(&e->waiters);
+	r = xa_insert(&idx->by_host, host, e, GFP_NOIO);
+	if (r) {
+		kmem_cache_free(entry_cache, e);
+		return r == -EBUSY ? -EEXIST : r;
+	}
+	WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
+	if (e->persisted)
+		WRITE_ONCE(idx->persisted, idx->persisted + 1);
+	*entry = e;
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_insert_unkeyed);
+
+/**
+ * dedup_key() - an UNKEYED entry with its referrers counted becomes READY.
+ * @idx: index.
+ * @e: the entry.
+ * @digest: its digest, or NULL to keep the key read from the table.
+ *
+ * Return: 0, or -EEXIST when another entry has the digest (@e stays
+ * UNKEYED; the caller removes it).
+ */
+int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
+{
+	if (digest)
+		make_key(idx, digest, e->key);
+	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
+		RB_CLEAR_NODE(&e->node);
+		return -EEXIST;
+	}
+	e->state = DEDUP_READY;
+	WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
+	WRITE_ONCE(idx->entries, idx->entries + 1);
+	if (!e->persisted)
+		mark_dirty(idx, e);
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_key);
+
+/**
  * dedup_write_done() - the data of a WRITING entry is on the device and
  *	guest cluster @guest is about to point to it.
  * @idx: index.
@@ -186,8 +277,55 @@ void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e, u64 guest)
 	e->state = DEDUP_READY;
 	e->guest = guest;
 	e->nr_refs = 1;
+	mark_dirty(idx, e);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_write_done);
+
+/**
+ * dedup_record_clear() - the on-disk slot of host cluster @host must be
+ *	zeroed before the cluster is freed or rewritten.
+ * @idx: index.
+ * @host: host cluster index.
+ *
+ * Return: 0 or -ENOMEM (the caller must stop trusting the on-disk table).
+ */
+int dedup_record_clear(struct dedup_index *idx, u64 host)
+{
+	int r;
+
+	if (xa_load(&idx->clears, host))
+		return 0;
+	r = xa_err(xa_store(&idx->clears, host, xa_mk_value(1), GFP_NOIO));
+	if (!r)
+		WRITE_ONCE(idx->nr_clears, idx->nr_clears + 1);
+	return r;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_record_clear);
+
+/* @e's on-disk slot will no longer describe its cluster. */
+static int forget_slot(struct dedup_index *idx, struct dedup_entry *e)
+{
+	unmark_dirty(idx, e);
+	if (!e->persisted)
+		return 0;
+	e->persisted = false;
+	WRITE_ONCE(idx->persisted, idx->persisted - 1);
+	return dedup_record_clear(idx, e->host);
+}
+
+/**
+ * dedup_set_persisted() - the table flush wrote @e's slot.
+ * @idx: index.
+ * @e: a READY entry.
+ */
+void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e)
+{
+	unmark_dirty(idx, e);
+	if (!e->persisted)
+		WRITE_ONCE(idx->persisted, idx->persisted + 1);
+	e->persisted = true;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
 
 /**
  * dedup_remove() - take an entry out of the index and free it.
@@ -199,9 +337,16 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_write_done);
  */
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 {
-	rb_erase(&e->node, &idx->by_digest);
+	/* A failed record leaves the slot: dedup_index_clear_failed() tells. */
+	if (forget_slot(idx, e))
+		idx->clear_failed = true;
 	xa_erase(&idx->by_host, e->host);
-	WRITE_ONCE(idx->entries, idx->entries - 1);
+	if (RB_EMPTY_NODE(&e->node)) {
+		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
+	} else {
+		rb_erase(&e->node, &idx->by_digest);
+		WRITE_ONCE(idx->entries, idx->entries - 1);
+	}
 	if (e->nr_refs >= 2) {
 		WRITE_ONCE(idx->shared, idx->shared - 1);
 		WRITE_ONCE(idx->extra_refs, idx->extra_refs - (e->nr_refs - 1));
@@ -226,6 +371,12 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 {
 	u32 n = e->nr_refs;
 
+	if (!n) {
+		/* An UNKEYED entry being given its referrers (load, rebuild). */
+		e->guest = guest;
+		e->nr_refs = 1;
+		return 0;
+	}
 	if (n == 1) {
 		u64 *a = kmalloc_array(4, sizeof(u64), GFP_NOIO);
 
@@ -245,11 +396,6 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		WRITE_ONCE(idx->array_bytes, idx->array_bytes + e->cap * sizeof(u64));
 		e->guests = a;
 		e->cap *= 2;
-	} else if (!n) {
-		/* Not reached: a READY entry always has a referrer. */
-		e->guest = guest;
-		e->nr_refs = 1;
-		return 0;
 	}
 	e->guests[n] = guest;
 	e->nr_refs = n + 1;
@@ -274,7 +420,7 @@ enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest)
 	u64 survivor;
 	u32 i;
 
-	if (!e || e->state != DEDUP_READY)
+	if (!e || e->state == DEDUP_WRITING)
 		return DEDUP_DROP_NONE;
 	if (e->nr_refs == 1) {
 		if (e->guest != guest)
@@ -317,7 +463,22 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest)
 {
-	rb_erase(&e->node, &idx->by_digest);
+	int r = forget_slot(idx, e);
+
+	if (RB_EMPTY_NODE(&e->node)) {
+		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
+		WRITE_ONCE(idx->entries, idx->entries + 1);
+	} else {
+		rb_erase(&e->node, &idx->by_digest);
+	}
+	if (r) {
+		RB_CLEAR_NODE(&e->node);
+		xa_erase(&idx->by_host, e->host);
+		WRITE_ONCE(idx->entries, idx->entries - 1);
+		free_entry(idx, e);
+		idx->clear_failed = true;
+		return r;
+	}
 	make_key(idx, digest, e->key);
 	e->state = DEDUP_WRITING;
 	e->nr_refs = 0;

@@ -11,7 +11,17 @@
  * States.  An entry is WRITING from the allocation of its cluster until the
  * data write completes: it is then the per-digest lock of dm-vdo's design;
  * a second write of the same content parks on it and becomes a hit when
- * the first completes.  It is READY afterwards.
+ * the first completes.  It is READY afterwards.  An UNKEYED entry is in the
+ * xarray only: a cluster read from the dedup table whose referrers are
+ * being counted, or one the rebuild is hashing.  It keeps map() away from
+ * the cluster like any entry, and becomes READY with dedup_key().
+ *
+ * Persistence (dedup-table.c).  @persisted says the on-disk table's slot
+ * for the cluster holds the entry's key.  Entries READY and not persisted
+ * carry DEDUP_MARK_DIRTY in the xarray: the next table flush writes them.
+ * Removing or re-keying a persisted entry records the host cluster in
+ * @clears: its slot must be zeroed on disk before the cluster is freed
+ * (the next commit) or written in place (at once).
  *
  * Referrers.  A READY entry lists the guest clusters of the active L1 that
  * point to it; its qcow2 refcount equals their number (the target shares
@@ -38,7 +48,11 @@
 enum dedup_state {
 	DEDUP_WRITING,
 	DEDUP_READY,
+	DEDUP_UNKEYED,
 };
+
+/* In dedup_index.by_host: READY, not yet in the on-disk table. */
+#define DEDUP_MARK_DIRTY	XA_MARK_1
 
 struct dedup_entry {
 	struct rb_node node;		/* in dedup_index.by_digest */
@@ -51,12 +65,15 @@ struct dedup_entry {
 	u32 nr_refs;
 	u32 cap;			/* slots in @guests (0: inline) */
 	enum dedup_state state;
+	bool persisted;			/* the on-disk slot holds @key */
+	bool unverified;		/* from a table a crash left open */
 	struct list_head waiters;	/* WRITING: writes of the same content */
 };
 
 struct dedup_index {
 	struct rb_root by_digest;
 	struct xarray by_host;		/* host cluster index -> entry */
+	struct xarray clears;		/* host clusters whose slot must go */
 	unsigned int key_len;
 	u64 limit_bytes;		/* 0: no limit */
 
@@ -65,6 +82,11 @@ struct dedup_index {
 	u64 shared;			/* entries with nr_refs >= 2 */
 	u64 extra_refs;			/* sum of (nr_refs - 1) */
 	u64 array_bytes;		/* referrer arrays */
+	u64 unkeyed;			/* UNKEYED entries (not in @entries) */
+	u64 dirty;			/* entries marked DEDUP_MARK_DIRTY */
+	u64 nr_clears;			/* host clusters in @clears */
+	u64 persisted;			/* entries whose slot is on disk */
+	bool clear_failed;		/* a slot could not be recorded in @clears */
 };
 
 /* What removing a referrer did to its entry. */
@@ -93,6 +115,11 @@ void dedup_remove(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		  u64 *first);
 enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest);
+int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
+			 struct dedup_entry **entry);
+int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
+void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e);
+int dedup_record_clear(struct dedup_index *idx, u64 host);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest);
 

@@ -83,12 +83,11 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 		ti->error = "Cannot allocate hash workqueue";
 		return -ENOMEM;
 	}
-	if (q->opt.verify) {
-		q->vbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
-		if (!q->vbuf) {
-			ti->error = "Cannot allocate verify buffer";
-			return -ENOMEM;
-		}
+	/* Also for entries from a table a crash left open. */
+	q->vbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+	if (!q->vbuf) {
+		ti->error = "Cannot allocate verify buffer";
+		return -ENOMEM;
 	}
 	q->dedup = q->writable;
 	return 0;
@@ -213,8 +212,8 @@ void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
 	if (!q->dedup)
 		return;
 	e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
-	/* READY with one referrer: COPIED clusters are never WRITING. */
-	if (e && e->state == DEDUP_READY)
+	/* READY or UNKEYED, one referrer: COPIED clusters are never WRITING. */
+	if (e && e->state != DEDUP_WRITING)
 		dedup_remove(&q->index, e);
 }
 
@@ -269,7 +268,7 @@ static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 	if (qcow2_md_refcount(q->md, host_off, &rc) ||
 	    !dedup_below_ceiling(rc, q->geo->refcount_order))
 		return false;
-	if (!q->opt.verify)
+	if (!q->opt.verify && !e->unverified)
 		return true;
 	/* Indexed clusters are never written in place: the bytes are stable. */
 	if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size))
@@ -278,6 +277,7 @@ static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 		atomic64_inc(&q->verify_mismatches);
 		return false;
 	}
+	e->unverified = false;
 	return true;
 }
 
@@ -352,11 +352,24 @@ static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
 			   u64 host_off, bool index)
 {
 	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
+	int r;
 
 	if (old && index && !dedup_rekey_writing(&q->index, old, op->digest))
 		op->entry = old;
 	else if (old && !index)
 		dedup_remove(&q->index, old);
+	/* Its slot in the table on disk goes before the new bytes arrive. */
+	r = qcow2dedup_table_barrier(q);
+	if (r) {
+		qcow2dedup_metadata_error(q, "dedup table update", r);
+		if (op->entry) {
+			requeue_waiters(q, op->entry);
+			dedup_remove(&q->index, op->entry);
+			op->entry = NULL;
+		}
+		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
+		return;
+	}
 	op->host_off = host_off;
 	op->in_place = true;
 	submit_data(q, op, false);
@@ -437,7 +450,7 @@ void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
 	}
 	if (e && type == QCOW2_CLUSTER_NORMAL &&
 	    info.host_offset >> cluster_bits(q) == e->host &&
-	    (!q->opt.verify || may_share(q, op, e))) {
+	    ((!q->opt.verify && !e->unverified) || may_share(q, op, e))) {
 		/* The same contents again: nothing changes. */
 		atomic64_inc(&q->dedup_hits);
 		finish_mapped_op(q, op, BLK_STS_OK);
@@ -527,6 +540,18 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("index_entry_bytes %zu\n", dedup_entry_bytes());
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
+	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));
+	DMEMIT("table_entries %llu\n", READ_ONCE(idx->persisted));
+	DMEMIT("table_dirty %llu\n", qcow2dedup_table_dirty(q));
+	DMEMIT("table_loaded %llu\n", READ_ONCE(q->table.loaded));
+	DMEMIT("table_dropped %llu\n", READ_ONCE(q->table.dropped));
+	DMEMIT("table_clusters %llu\n", READ_ONCE(q->table.clusters));
+	DMEMIT("table_flushes %llu\n", READ_ONCE(q->table.flushes));
+	DMEMIT("table_flush_us %llu\n", div_u64(READ_ONCE(q->table.flush_ns), NSEC_PER_USEC));
+	DMEMIT("rebuild_progress %u\n", qcow2dedup_rebuild_progress(q));
+	DMEMIT("rebuild_hashed %llu\n", q->rebuild ? READ_ONCE(q->rebuild->hashed) : 0);
+	DMEMIT("rebuild_indexed %llu\n", q->rebuild ? READ_ONCE(q->rebuild->indexed) : 0);
+	DMEMIT("rebuild_runs %llu\n", q->rebuild ? READ_ONCE(q->rebuild->runs) : 0);
 	DMEMIT("mode %s\n", q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] :
 		"read-only");
 	return 1;

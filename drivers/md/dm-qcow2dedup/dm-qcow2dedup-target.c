@@ -117,6 +117,11 @@ static void wait_for_readers(void *ctx)
 	wait_event(q->io_wait, !READ_ONCE(q->io_count[idx]));
 }
 
+void qcow2dedup_wait_for_readers(struct qcow2dedup *q)
+{
+	wait_for_readers(q);
+}
+
 static int io_hold(struct qcow2dedup *q)
 {
 	unsigned long flags;
@@ -317,6 +322,11 @@ static bool guest_busy(void *ctx, u64 gc)
 	return busy_find(ctx, gc);
 }
 
+bool qcow2dedup_guest_busy(struct qcow2dedup *q, u64 gc)
+{
+	return busy_find(q, gc);
+}
+
 static void op_done(struct qcow2_op *op, blk_status_t status)
 {
 	struct qcow2dedup *q = op->q;
@@ -383,7 +393,7 @@ static void piece_done(struct bio *bio, blk_status_t status)
 	}
 }
 
-static int commit_now(struct qcow2dedup *q)
+int qcow2dedup_commit(struct qcow2dedup *q)
 {
 	int r = qcow2_md_commit(q->md, false);
 
@@ -398,7 +408,7 @@ int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
 	int r = qcow2_md_alloc(q->md, host_off);
 
 	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
-		r = commit_now(q);
+		r = qcow2dedup_commit(q);
 		if (!r)
 			r = qcow2_md_alloc(q->md, host_off);
 	}
@@ -411,7 +421,7 @@ int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off)
 	int r = qcow2_md_prepare_write(q->md, guest_off);
 
 	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
-		r = commit_now(q);
+		r = qcow2dedup_commit(q);
 		if (!r)
 			r = qcow2_md_prepare_write(q->md, guest_off);
 	}
@@ -638,14 +648,19 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	qcow2dedup_op_release(q, op, status);
 }
 
-/* First write of this activation: clear unknown autoclear bits first. */
-static int before_first_write(struct qcow2dedup *q)
+/*
+ * First write of this activation: clear the autoclear bits of what this
+ * target does not keep; with a dedup table, set its bit and mark it open.
+ */
+int qcow2dedup_before_first_write(struct qcow2dedup *q)
 {
 	int r;
 
 	if (q->autoclear_done)
 		return 0;
-	r = qcow2_md_clear_autoclear(q->md);
+	r = qcow2dedup_table_open(q);
+	if (!r && !q->table.open)
+		r = qcow2_md_clear_autoclear(q->md);
 	if (r) {
 		qcow2dedup_metadata_error(q, "header update", r);
 		return r;
@@ -666,7 +681,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	bool pending;
 	int idx, r;
 
-	if (READ_ONCE(q->mode) != MODE_WRITE || before_first_write(q))
+	if (READ_ONCE(q->mode) != MODE_WRITE || qcow2dedup_before_first_write(q))
 		goto fail;
 	op = busy_find(q, gc);
 	if (op) {
@@ -681,7 +696,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	if ((bio->bi_opf & REQ_FUA) &&
 	    !qcow2_md_lookup(q->md, off, true, &type, &info, &pending) &&
 	    pending && type == QCOW2_CLUSTER_NORMAL && info.copied) {
-		if (commit_now(q))
+		if (qcow2dedup_commit(q))
 			goto fail;
 	}
 	idx = io_hold(q);
@@ -739,7 +754,7 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 	bool pending;
 	int r;
 
-	if (READ_ONCE(q->mode) != MODE_WRITE || before_first_write(q)) {
+	if (READ_ONCE(q->mode) != MODE_WRITE || qcow2dedup_before_first_write(q)) {
 		bio_io_error(bio);
 		return 0;
 	}
@@ -815,8 +830,11 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 	struct bio *bio;
 
 	if (READ_ONCE(q->mode) == MODE_WRITE) {
-		if (commit_now(q))
+		if (qcow2dedup_commit(q))
 			status = BLK_STS_IOERR;
+		/* Slots of what the commit made durable: written lazily. */
+		else if (qcow2dedup_table_flush(q, false))
+			qcow2dedup_metadata_error(q, "dedup table update", -EIO);
 	} else if (qcow2_md_dirty(q->md)) {
 		/* Staged changes will never reach the disk now. */
 		status = BLK_STS_IOERR;
@@ -891,6 +909,8 @@ static void do_worker(struct work_struct *ws)
 	    (q->commit_due && qcow2_md_dirty(q->md)) ||
 	    qcow2_md_nr_pending(q->md) >= COMMIT_THRESHOLD)
 		commit_and_complete(q, &flushes);
+	qcow2dedup_table_worker(q);
+	qcow2dedup_rebuild_step(q);
 }
 
 static void do_waker(struct work_struct *ws)
@@ -999,11 +1019,15 @@ static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 
 static void qcow2dedup_free(struct qcow2dedup *q)
 {
-	qcow2dedup_dedup_dtr(q);
 	if (q->wq) {
 		cancel_delayed_work_sync(&q->waker);
-		destroy_workqueue(q->wq);
+		cancel_delayed_work_sync(&q->table.flusher);
 	}
+	qcow2dedup_dedup_dtr(q);
+	if (q->wq)
+		destroy_workqueue(q->wq);
+	qcow2dedup_rebuild_free(q);
+	qcow2dedup_table_free(q);
 	if (q->io)
 		dm_io_client_destroy(q->io);
 	bioset_exit(&q->bs);
@@ -1021,21 +1045,22 @@ static void qcow2dedup_free(struct qcow2dedup *q)
 
 /*
  * Optional arguments (see the admin guide):
- *   nodedup | verify | hash <alg> | index_limit <MiB>
+ *   nodedup | verify | hash <alg> | index_limit <MiB> | flush_interval <ms>
  * They are kept as given, for the table line.
  */
 static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
 			 struct qcow2dedup_options *o)
 {
 	static const struct dm_arg _args[] = {
-		{0, 6, "Invalid number of optional arguments"},
+		{0, 8, "Invalid number of optional arguments"},
 	};
-	bool hash = false;
+	bool hash = false, interval = false;
 	unsigned int argc, i;
 	const char *arg;
 	int r;
 
 	strscpy(o->hash, "sha256", sizeof(o->hash));
+	o->flush_interval_ms = TABLE_FLUSH_MS;
 	if (!as->argc)
 		return 0;
 	r = dm_read_arg_group(_args, as, &argc, &ti->error);
@@ -1076,6 +1101,15 @@ static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
 				ti->error = "Invalid index_limit (MiB, at least 1)";
 				return -EINVAL;
 			}
+		} else if (!strcasecmp(arg, "flush_interval") && i + 1 < argc) {
+			arg = dm_shift_arg(as);
+			i++;
+			if (kstrtouint(arg, 10, &o->flush_interval_ms) ||
+			    !o->flush_interval_ms || o->flush_interval_ms > 3600000) {
+				ti->error = "Invalid flush_interval (milliseconds, 1 to 3600000)";
+				return -EINVAL;
+			}
+			interval = true;
 		} else {
 			ti->error = "Unknown or incomplete optional argument";
 			return -EINVAL;
@@ -1085,8 +1119,8 @@ static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
 		ti->error = "Unexpected extra arguments";
 		return -EINVAL;
 	}
-	if (o->nodedup && (o->verify || hash || o->index_limit_mib)) {
-		ti->error = "nodedup excludes verify, hash and index_limit";
+	if (o->nodedup && (o->verify || hash || o->index_limit_mib || interval)) {
+		ti->error = "nodedup excludes verify, hash, index_limit and flush_interval";
 		return -EINVAL;
 	}
 	return 0;
@@ -1123,6 +1157,7 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);
 	q->busy = RB_ROOT;
+	q->suspended = true;		/* until the first resume */
 	spin_lock_init(&q->io_lock);
 	init_waitqueue_head(&q->io_wait);
 
@@ -1156,7 +1191,8 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 	q->geo = qcow2_md_geometry(q->md);
-	qcow2_md_set_callbacks(q->md, qcow2dedup_survivor, guest_busy);
+	qcow2_md_set_callbacks(q->md, qcow2dedup_survivor, guest_busy,
+			       qcow2dedup_table_before_commit);
 
 	r = dm_set_target_max_io_len(ti, q->geo->cluster_size >> SECTOR_SHIFT);
 	if (r) {
@@ -1194,6 +1230,13 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		if (r)
 			goto bad;
 	}
+	r = qcow2dedup_table_init(q);
+	if (!r && q->dedup)
+		r = qcow2dedup_rebuild_init(q);
+	if (r) {
+		ti->error = "Cannot allocate the dedup table";
+		goto bad;
+	}
 
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
@@ -1210,7 +1253,23 @@ bad:
 	return r;
 }
 
-/* Write back everything; called with no I/O in flight. */
+/* Stop the timers and the rebuild's batches, and let the worker settle. */
+static void quiesce(struct qcow2dedup *q)
+{
+	WRITE_ONCE(q->suspended, true);
+	cancel_delayed_work_sync(&q->waker);
+	cancel_delayed_work_sync(&q->table.flusher);
+	if (q->rebuild)
+		WRITE_ONCE(q->rebuild->paused, true);
+	if (q->hash_wq)
+		flush_workqueue(q->hash_wq);
+	flush_workqueue(q->wq);
+}
+
+/*
+ * Write back everything, the dedup table last and closed; called with no
+ * I/O in flight.  The next write after a resume opens the table again.
+ */
 static void final_commit(struct qcow2dedup *q)
 {
 	int r;
@@ -1218,16 +1277,18 @@ static void final_commit(struct qcow2dedup *q)
 	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE)
 		return;
 	r = qcow2_md_commit(q->md, true);
+	if (!r)
+		r = qcow2dedup_table_close(q);
 	if (r)
 		qcow2dedup_metadata_error(q, "commit", r);
+	WRITE_ONCE(q->autoclear_done, false);
 }
 
 static void qcow2dedup_dtr(struct dm_target *ti)
 {
 	struct qcow2dedup *q = ti->private;
 
-	cancel_delayed_work_sync(&q->waker);
-	flush_workqueue(q->wq);
+	quiesce(q);
 	final_commit(q);
 	qcow2dedup_free(q);
 }
@@ -1236,14 +1297,18 @@ static void qcow2dedup_presuspend(struct dm_target *ti)
 {
 	struct qcow2dedup *q = ti->private;
 
+	WRITE_ONCE(q->suspended, true);
 	cancel_delayed_work_sync(&q->waker);
+	cancel_delayed_work_sync(&q->table.flusher);
+	if (q->rebuild)
+		WRITE_ONCE(q->rebuild->paused, true);
 }
 
 static void qcow2dedup_postsuspend(struct dm_target *ti)
 {
 	struct qcow2dedup *q = ti->private;
 
-	flush_workqueue(q->wq);
+	quiesce(q);
 	final_commit(q);
 }
 
@@ -1258,6 +1323,7 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 	struct qcow2dedup *q = ti->private;
 	struct qcow2_metadata *md;
 	struct qcow2_refusal why;
+	int r;
 
 	if (q->resumed)
 		return 0;
@@ -1272,9 +1338,19 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 	qcow2_md_close(q->md);
 	q->md = md;
 	q->geo = qcow2_md_geometry(md);
-	qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy);
+	qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy,
+			       qcow2dedup_table_before_commit);
 	q->dbuf_offset = 0;
 	q->resumed = true;
+
+	/* The dedup table, read now for the same reason. */
+	r = qcow2dedup_table_load(q);
+	if (r) {
+		DMERR("%s: cannot read the dedup table: %d", qcow2dedup_dev_name(q), r);
+		return r;
+	}
+	if (q->table.enabled && !q->table.info.root)
+		qcow2dedup_rebuild_start(q);
 	return 0;
 }
 
@@ -1282,8 +1358,15 @@ static void qcow2dedup_resume(struct dm_target *ti)
 {
 	struct qcow2dedup *q = ti->private;
 
-	if (q->writable)
-		queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
+	if (!q->writable)
+		return;
+	WRITE_ONCE(q->suspended, false);
+	queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
+	qcow2dedup_table_schedule(q);
+	if (q->rebuild) {
+		WRITE_ONCE(q->rebuild->paused, false);
+		qcow2dedup_wake(q);
+	}
 }
 
 /*
@@ -1291,6 +1374,7 @@ static void qcow2dedup_resume(struct dm_target *ti)
  *   INFO:  <mode> <qcow2_version> <cluster_size> <used_clusters>/<device_clusters>
  *	    <staged> <clusters_allocated> <cow_copies> <reads_deferred>
  *	    <reads_compressed> <dedup_hits> <zero_clusters> <index_entries>
+ *	    <table_state>
  *   TABLE: <dev> [<#opt_args> <opt_args>...], as given
  */
 static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
@@ -1312,14 +1396,14 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 			       qcow2_md_nr_pending(q->md));
 		else
 			DMEMIT("-/- 0 ");
-		DMEMIT("%lld %lld %lld %lld %lld %lld %llu",
+		DMEMIT("%lld %lld %lld %lld %lld %lld %llu %s",
 		       (long long)atomic64_read(&q->clusters_allocated),
 		       (long long)atomic64_read(&q->cow_copies),
 		       (long long)atomic64_read(&q->reads_deferred),
 		       (long long)atomic64_read(&q->reads_compressed),
 		       (long long)atomic64_read(&q->dedup_hits),
 		       (long long)atomic64_read(&q->zero_clusters),
-		       READ_ONCE(q->index.entries));
+		       READ_ONCE(q->index.entries), qcow2dedup_table_state(q));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s", q->dev->name);
@@ -1338,7 +1422,12 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
-/* dmsetup message <dev> 0 stats: one "name value" line per counter. */
+/*
+ * Messages:
+ *   stats	one "name value" line per counter
+ *   flush	commit and write the dedup table back; returns when on disk
+ *   rebuild	hash the clusters the index does not know, in the background
+ */
 static int qcow2dedup_message(struct dm_target *ti, unsigned int argc,
 			      char **argv, char *result, unsigned int maxlen)
 {
@@ -1346,8 +1435,26 @@ static int qcow2dedup_message(struct dm_target *ti, unsigned int argc,
 
 	if (argc == 1 && !strcasecmp(argv[0], "stats"))
 		return qcow2dedup_stats(q, result, maxlen);
-	DMERR("%s: unknown message \"%s\" (known: stats)", qcow2dedup_dev_name(q),
-	      argc ? argv[0] : "");
+	if (argc == 1 && (!strcasecmp(argv[0], "flush") ||
+			  !strcasecmp(argv[0], "rebuild"))) {
+		if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE) {
+			DMERR("%s: %s refused: the target is in %s mode",
+			      qcow2dedup_dev_name(q), argv[0], q->writable ?
+			      qcow2dedup_mode_names[READ_ONCE(q->mode)] : "read-only");
+			return -EROFS;
+		}
+		if (!strcasecmp(argv[0], "flush"))
+			return qcow2dedup_table_message_flush(q);
+		if (!q->rebuild) {
+			DMERR("%s: rebuild refused: deduplication is off",
+			      qcow2dedup_dev_name(q));
+			return -EINVAL;
+		}
+		qcow2dedup_rebuild_start(q);
+		return 0;
+	}
+	DMERR("%s: unknown message \"%s\" (known: stats, flush, rebuild)",
+	      qcow2dedup_dev_name(q), argc ? argv[0] : "");
 	return -EINVAL;
 }
 

@@ -15,6 +15,7 @@
 #include <linux/workqueue.h>
 
 #include "dedup-index.h"
+#include "dedup-table-format.h"
 #include "qcow2-metadata.h"
 
 #define DM_MSG_PREFIX "qcow2dedup"
@@ -25,6 +26,10 @@
 #define COMMIT_THRESHOLD	4096
 /* Memory for buffered (hashed or partial-cluster) writes in flight. */
 #define BUFFERED_BYTES		(32U << 20)
+/* Default interval of dedup table write-back, in milliseconds. */
+#define TABLE_FLUSH_MS		5000U
+/* Clusters the rebuild hashes per batch. */
+#define REBUILD_BATCH		32U
 
 enum qcow2_mode {
 	MODE_WRITE,
@@ -40,8 +45,65 @@ struct qcow2dedup_options {
 	bool verify;
 	char hash[CRYPTO_MAX_ALG_NAME];
 	u64 index_limit_mib;		/* 0: none */
+	unsigned int flush_interval_ms;
 	unsigned int argc;		/* as given, for the table line */
 	char **argv;
+};
+
+/*
+ * The persisted dedup table (dedup-table.c).  Worker-only, like the index,
+ * except the counters read by status and stats.
+ */
+struct qcow2dedup_table {
+	bool enabled;			/* this activation maintains the table */
+	bool open;			/* the header says OPEN, with our bit */
+	bool unclean;			/* loaded from a table a crash left open */
+	const char *off_reason;		/* why not enabled */
+	struct qdt_shape shape;
+	struct qdt_info info;		/* header extension; info.root 0: none yet */
+	u64 nr_leaves;
+	u64 nr_dirs;
+	u64 *leaves;			/* leaf byte offsets, 0: absent */
+	u64 *dirs;			/* directory byte offsets, 0: absent */
+	u64 clusters;			/* root, directories and leaves */
+	u64 loaded;			/* entries taken from the table at load */
+	u64 dropped;			/* slots the load did not accept */
+	u64 flushes;
+	u64 flush_ns;			/* total time in table flushes */
+	struct delayed_work flusher;
+	bool flush_due;
+	unsigned long flush_req;	/* "flush" messages asked ... */
+	unsigned long flush_done;	/* ... and served, under q->lock */
+	wait_queue_head_t flush_wait;
+	int flush_err;
+};
+
+/* The background rebuild of the index (dedup-rebuild.c). */
+struct qcow2dedup_rebuild_item {
+	u64 host;
+	struct dedup_entry *e;
+	int err;
+	bool zero;
+	u8 digest[HASH_MAX_DIGESTSIZE];
+};
+
+struct qcow2dedup_rebuild {
+	bool active;
+	bool paused;			/* suspended: start no batch */
+	bool requested;			/* by the "rebuild" message */
+	bool batch_out;			/* a batch is being hashed */
+	bool batch_done;		/* under q->lock */
+	u64 next_gc;
+	u64 end_gc;
+	u64 hashed;
+	u64 indexed;
+	u64 started_ns;
+	u64 runs;
+	unsigned int n;
+	struct qcow2dedup *q;
+	struct work_struct work;
+	void *buf;
+	struct qcow2dedup_rebuild_item item[REBUILD_BATCH];
 };
 
 struct qcow2dedup {
@@ -83,6 +145,7 @@ struct qcow2dedup {
 	bool autoclear_done;
 	bool commit_due;
 	bool resumed;			/* preresume has run once */
+	bool suspended;			/* presuspend until resume: no timers */
 	struct qcow2_decompressor *dc;
 	void *cbuf;
 	void *dbuf;
@@ -101,6 +164,8 @@ struct qcow2dedup {
 	struct dedup_index index;
 	bool index_ready;		/* @index initialised */
 	void *vbuf;
+	struct qcow2dedup_table table;
+	struct qcow2dedup_rebuild *rebuild;
 
 	atomic64_t clusters_written;
 	atomic64_t dedup_hits;
@@ -165,6 +230,34 @@ bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
 void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 			   blk_status_t status);
 void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
+
+/* dedup-table.c */
+int qcow2dedup_table_init(struct qcow2dedup *q);
+void qcow2dedup_table_free(struct qcow2dedup *q);
+int qcow2dedup_table_load(struct qcow2dedup *q);
+int qcow2dedup_table_open(struct qcow2dedup *q);
+int qcow2dedup_table_before_commit(void *ctx);
+int qcow2dedup_table_barrier(struct qcow2dedup *q);
+int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable);
+int qcow2dedup_table_close(struct qcow2dedup *q);
+void qcow2dedup_table_schedule(struct qcow2dedup *q);
+int qcow2dedup_table_message_flush(struct qcow2dedup *q);
+void qcow2dedup_table_worker(struct qcow2dedup *q);
+const char *qcow2dedup_table_state(struct qcow2dedup *q);
+u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
+
+/* dedup-rebuild.c */
+int qcow2dedup_rebuild_init(struct qcow2dedup *q);
+void qcow2dedup_rebuild_free(struct qcow2dedup *q);
+void qcow2dedup_rebuild_start(struct qcow2dedup *q);
+void qcow2dedup_rebuild_step(struct qcow2dedup *q);
+unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);
+
+/* dm-qcow2dedup-target.c, for the rebuild */
+bool qcow2dedup_guest_busy(struct qcow2dedup *q, u64 gc);
+void qcow2dedup_wait_for_readers(struct qcow2dedup *q);
+int qcow2dedup_before_first_write(struct qcow2dedup *q);
+int qcow2dedup_commit(struct qcow2dedup *q);
 
 /* dedup-write.c */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);

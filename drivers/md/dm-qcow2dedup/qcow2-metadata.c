@@ -739,6 +739,12 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 {
 	int rounds = 3, r;
 
+	/* Before any refcount can fall to zero in this commit. */
+	if (md->before_commit) {
+		r = md->before_commit(md->ctx);
+		if (r)
+			return r;
+	}
 	do {
 		r = qcow2_copied_restore(md, final);
 		if (!r)
@@ -790,16 +796,122 @@ bool qcow2_md_dirty(struct qcow2_metadata *md)
  * @survivor: names the one remaining referrer of a host cluster whose
  *	refcount fell to one, or returns false (the L2 tables are scanned).
  * @busy: true while an operation on a guest cluster is in flight.
+ * @before_commit: called first in every commit.
  *
  * Both are called by the worker inside qcow2_md_commit().
  */
 void qcow2_md_set_callbacks(struct qcow2_metadata *md,
 			    bool (*survivor)(void *ctx, u64 host_cluster,
 					     u64 *guest_cluster),
-			    bool (*busy)(void *ctx, u64 guest_cluster))
+			    bool (*busy)(void *ctx, u64 guest_cluster),
+			    int (*before_commit)(void *ctx))
 {
 	md->survivor = survivor;
 	md->guest_busy = busy;
+	md->before_commit = before_commit;
+}
+
+/**
+ * qcow2_md_flush() - write every dirty metadata buffer and flush the device.
+ * @md: metadata.
+ *
+ * Safe at any time: what is dirty outside a commit may reach the disk in
+ * any order anyway (dm-bufio writes back under memory pressure).
+ */
+int qcow2_md_flush(struct qcow2_metadata *md)
+{
+	int r = dm_bufio_write_dirty_buffers(md->bufio);
+
+	return r ?: dm_bufio_issue_flush(md->bufio);
+}
+
+/**
+ * qcow2_md_write_bytes() - copy @len bytes into the metadata buffers at
+ *	device offset @off; they reach the disk with the next write-back.
+ * @md: metadata.
+ * @off: device byte offset.
+ * @buf: the bytes.
+ * @len: count; the range lies inside the device.
+ */
+int qcow2_md_write_bytes(struct qcow2_metadata *md, u64 off, const void *buf,
+			 size_t len)
+{
+	u32 bsize = 1U << md->block_bits;
+
+	while (len) {
+		struct dm_buffer *b;
+		u32 in = off & (bsize - 1);
+		size_t n = min_t(size_t, len, bsize - in);
+		void *data = dm_bufio_read(md->bufio, off >> md->block_bits, &b);
+
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+		memcpy(data + in, buf, n);
+		dm_bufio_mark_buffer_dirty(b);
+		dm_bufio_release(b);
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/**
+ * qcow2_md_zero_cluster() - zeros in the buffers of a cluster just allocated.
+ * @md: metadata.
+ * @host_off: its byte offset.
+ */
+int qcow2_md_zero_cluster(struct qcow2_metadata *md, u64 host_off)
+{
+	return qcow2_md_new_cluster(md, host_off >> md->geo.cluster_bits, 0);
+}
+
+/**
+ * qcow2_md_write_header() - replace the header and extension area.
+ * @md: metadata.
+ * @buf: the new first @len bytes of the image (qcow2_rewrite_extensions()).
+ * @len: bytes, at most one cluster.
+ *
+ * One write of the area, then a flush.  The fields the target keeps in
+ * memory (autoclear_features) are taken from @buf.
+ */
+int qcow2_md_write_header(struct qcow2_metadata *md, const void *buf, size_t len)
+{
+	const struct qcow2_header *h = buf;
+	int r;
+
+	if (len > md->geo.cluster_size || len < md->geo.header_length)
+		return -EINVAL;
+	r = qcow2_md_write_bytes(md, 0, buf, len);
+	if (!r)
+		r = qcow2_md_flush(md);
+	if (!r && md->geo.version >= 3)
+		md->geo.autoclear_features = get_unaligned_be64(&h->autoclear_features);
+	return r;
+}
+
+/**
+ * qcow2_md_l2_present() - does guest cluster @gc have an L2 table (on disk
+ *	or staged)?  Lets scans skip unallocated ranges.
+ * @md: metadata.
+ * @gc: guest cluster index.
+ */
+bool qcow2_md_l2_present(struct qcow2_metadata *md, u64 gc)
+{
+	u64 l1_index = gc >> md->geo.l2_bits;
+
+	return l1_index < md->geo.l1_size &&
+	       ((READ_ONCE(md->l1[l1_index]) & QCOW2_L1E_OFFSET_MASK) ||
+		xa_load(&md->pending_l1, l1_index));
+}
+
+/**
+ * qcow2_md_dev_clusters() - clusters the device holds.
+ * @md: metadata.
+ */
+u64 qcow2_md_dev_clusters(struct qcow2_metadata *md)
+{
+	return md->geo.dev_size >> md->geo.cluster_bits;
 }
 
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md)

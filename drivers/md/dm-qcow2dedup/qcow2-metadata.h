@@ -50,7 +50,15 @@ bool qcow2_md_dirty(struct qcow2_metadata *md);
 void qcow2_md_set_callbacks(struct qcow2_metadata *md,
 			    bool (*survivor)(void *ctx, u64 host_cluster,
 					     u64 *guest_cluster),
-			    bool (*busy)(void *ctx, u64 guest_cluster));
+			    bool (*busy)(void *ctx, u64 guest_cluster),
+			    int (*before_commit)(void *ctx));
+int qcow2_md_flush(struct qcow2_metadata *md);
+int qcow2_md_write_bytes(struct qcow2_metadata *md, u64 off, const void *buf,
+			 size_t len);
+int qcow2_md_zero_cluster(struct qcow2_metadata *md, u64 host_off);
+int qcow2_md_write_header(struct qcow2_metadata *md, const void *buf, size_t len);
+bool qcow2_md_l2_present(struct qcow2_metadata *md, u64 gc);
+u64 qcow2_md_dev_clusters(struct qcow2_metadata *md);
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md);
 void qcow2_md_usage(struct qcow2_metadata *md, u64 *used, u64 *total);
 

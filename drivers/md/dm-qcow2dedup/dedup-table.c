@@ -1,0 +1,801 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2dedup: the dedup table, the index persisted inside the image
+ * (format: include/uapi/qcow2dedup/dedup-table.h).
+ *
+ * The rule.  A slot on disk may name digest D for host cluster H only while
+ * H durably holds contents of digest D.  Three orderings keep it at every
+ * crash point:
+ *
+ *  - A slot is set only for a READY entry, after a commit: its data write
+ *    completed before the commit's flush, so the data is on disk first.
+ *    A new leaf is on disk before the directory entry naming it, a new
+ *    directory before the root entry (qcow2dedup_table_flush()).
+ *  - A slot is zeroed in the buffers at the start of every commit
+ *    (qcow2dedup_table_before_commit()), and the commit flushes before it
+ *    applies refcount decrements: a cluster is free, and can be reused,
+ *    only once its slot is zero on disk.
+ *  - Before a cluster with a slot on disk is overwritten in place, its slot
+ *    is zeroed and flushed (qcow2dedup_table_barrier()).
+ *
+ * The header extension carries QDT_FLAG_OPEN while an activation writes; a
+ * table loaded with the flag set was left by a crash.  Its entries are
+ * correct by the rule, and are also compared byte for byte before their
+ * first share (dedup_entry.unverified), so that a device which lost a flush
+ * cannot make the target share the wrong cluster.
+ *
+ * All of it runs in the worker (or in the constructor and resume paths,
+ * with no I/O in flight), like the index it persists.
+ */
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/unaligned.h>
+#include <linux/vmalloc.h>
+
+#include "dm-qcow2dedup.h"
+
+static const struct qcow2_feature_name dedup_feature = {
+	.type = QCOW2_FEATURE_TYPE_AUTOCLEAR,
+	.bit = QCOW2_AUTOCLEAR_DEDUP_TABLE_BIT,
+	.name = QCOW2_AUTOCLEAR_DEDUP_TABLE_NAME,
+};
+
+static u32 cbits(struct qcow2dedup *q)
+{
+	return q->geo->cluster_bits;
+}
+
+static void table_off(struct qcow2dedup *q, const char *why)
+{
+	struct qcow2dedup_table *t = &q->table;
+
+	t->enabled = false;
+	t->off_reason = why;
+}
+
+/* The flush timer: ask the worker for a durable table flush. */
+static void table_flusher(struct work_struct *ws)
+{
+	struct qcow2dedup_table *t = container_of(to_delayed_work(ws),
+						  struct qcow2dedup_table, flusher);
+	struct qcow2dedup *q = container_of(t, struct qcow2dedup, table);
+
+	WRITE_ONCE(t->flush_due, true);
+	qcow2dedup_wake(q);
+}
+
+/**
+ * qcow2dedup_table_init() - decide whether this activation keeps a table.
+ * @q: target with dedup set up.
+ *
+ * Not kept: read-only tables, nodedup, version 2 images (no autoclear bits
+ * to say whether the table is current), devices the tree cannot describe.
+ */
+int qcow2dedup_table_init(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	u64 dev_clusters = q->geo->dev_size >> cbits(q);
+
+	init_waitqueue_head(&t->flush_wait);
+	INIT_DELAYED_WORK(&t->flusher, table_flusher);
+	if (!q->dedup) {
+		table_off(q, "no deduplication");
+		return 0;
+	}
+	if (q->geo->version < 3) {
+		table_off(q, "qcow2 version 2 has no autoclear bits");
+		return 0;
+	}
+	qdt_shape_init(&t->shape, cbits(q));
+	if (dev_clusters > t->shape.max_clusters) {
+		table_off(q, "device too large for the table at this cluster size");
+		return 0;
+	}
+	t->nr_leaves = DIV_ROUND_UP(dev_clusters, 1ULL << t->shape.slot_bits);
+	t->nr_dirs = DIV_ROUND_UP(t->nr_leaves, 1ULL << t->shape.ptr_bits);
+	t->leaves = kvcalloc(t->nr_leaves, sizeof(u64), GFP_KERNEL);
+	t->dirs = kvcalloc(t->nr_dirs, sizeof(u64), GFP_KERNEL);
+	if (!t->leaves || !t->dirs)
+		return -ENOMEM;
+	t->enabled = true;
+	return 0;
+}
+
+void qcow2dedup_table_free(struct qcow2dedup *q)
+{
+	kvfree(q->table.leaves);
+	kvfree(q->table.dirs);
+	q->table.leaves = NULL;
+	q->table.dirs = NULL;
+}
+
+/* Forget the table read from disk: a new one will be made. */
+static void table_reset(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+
+	memset(t->leaves, 0, t->nr_leaves * sizeof(u64));
+	memset(t->dirs, 0, t->nr_dirs * sizeof(u64));
+	memset(&t->info, 0, sizeof(t->info));
+	t->clusters = 0;
+	t->loaded = 0;
+	t->unclean = false;
+	dedup_index_destroy(&q->index);
+	q->index.clear_failed = false;
+}
+
+/* Read a table cluster at @off; a valid offset with a refcount of one. */
+static int read_table_cluster(struct qcow2dedup *q, struct xarray *seen,
+			      u64 off, void *buf, enum qdt_err *why)
+{
+	u64 rc;
+	int r;
+
+	if (!qdt_offset_valid(q->geo, off)) {
+		*why = QDT_ERR_OFFSET;
+		return -EINVAL;
+	}
+	r = xa_insert(seen, off >> cbits(q), xa_mk_value(1), GFP_KERNEL);
+	if (r == -EBUSY) {
+		*why = QDT_ERR_DUPLICATE;
+		return -EINVAL;
+	}
+	if (r)
+		return r;
+	r = qcow2_md_refcount(q->md, off, &rc);
+	if (r)
+		return r;
+	if (rc != 1) {
+		*why = QDT_ERR_OFFSET;
+		return -EINVAL;
+	}
+	q->table.clusters++;
+	return qcow2dedup_sync_io(q, REQ_OP_READ, buf, off, q->geo->cluster_size);
+}
+
+/* Turn the slots of leaf @leaf (in @buf) into UNKEYED, persisted entries. */
+static int load_leaf(struct qcow2dedup *q, u64 leaf, const u8 *buf,
+		     enum qdt_err *why)
+{
+	struct qcow2dedup_table *t = &q->table;
+	u64 dev_clusters = q->geo->dev_size >> cbits(q);
+	u32 s, n = 1U << t->shape.slot_bits;
+
+	for (s = 0; s < n; s++) {
+		const u8 *slot = buf + (size_t)s * QDT_SLOT_SIZE;
+		u64 host = (leaf << t->shape.slot_bits) + s;
+		struct dedup_entry *e = NULL;
+		int r;
+
+		if (qdt_slot_empty(slot))
+			continue;
+		if (host >= dev_clusters || !host) {
+			*why = QDT_ERR_RANGE;
+			return -EINVAL;
+		}
+		r = dedup_insert_unkeyed(&q->index, host, slot, &e);
+		if (r == -ENOSPC || r == -ENOMEM) {
+			/* Over the index limit: the slot must go from the disk. */
+			t->dropped++;
+			r = dedup_record_clear(&q->index, host);
+		}
+		if (r)
+			return r;
+		if (e)
+			e->unverified = t->unclean;
+	}
+	return 0;
+}
+
+/* Walk root -> directories -> leaves. */
+static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
+{
+	struct qcow2dedup_table *t = &q->table;
+	u64 per = 1ULL << t->shape.ptr_bits, d, k;
+	struct xarray seen;
+	__be64 *root;
+	int r;
+
+	xa_init(&seen);
+	root = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+	if (!root) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = read_table_cluster(q, &seen, t->info.root, root, why);
+	for (d = 0; !r && d < per; d++) {
+		u64 off = be64_to_cpu(root[d]);
+
+		if (!off)
+			continue;
+		if (d >= t->nr_dirs) {
+			*why = QDT_ERR_RANGE;
+			r = -EINVAL;
+			break;
+		}
+		r = read_table_cluster(q, &seen, off, buf, why);
+		if (r)
+			break;
+		t->dirs[d] = off;
+		for (k = 0; k < per; k++) {
+			u64 leaf = d * per + k;
+
+			off = get_unaligned_be64(buf + k * sizeof(u64));
+			if (!off)
+				continue;
+			if (leaf >= t->nr_leaves) {
+				*why = QDT_ERR_RANGE;
+				r = -EINVAL;
+				break;
+			}
+			t->leaves[leaf] = off;
+		}
+	}
+	for (k = 0; !r && k < t->nr_leaves; k++) {
+		if (!t->leaves[k])
+			continue;
+		r = read_table_cluster(q, &seen, t->leaves[k], buf, why);
+		if (!r)
+			r = load_leaf(q, k, buf, why);
+		cond_resched();
+	}
+	/* A table cluster must not also be mapped as guest data. */
+	if (!r) {
+		struct dedup_entry *e;
+		unsigned long c;
+
+		xa_for_each(&seen, c, e) {
+			if (dedup_find_host(&q->index, c)) {
+				*why = QDT_ERR_DUPLICATE;
+				r = -EINVAL;
+				break;
+			}
+		}
+	}
+out:
+	kvfree(root);
+	xa_destroy(&seen);
+	return r;
+}
+
+/*
+ * Count the active L1's references to every loaded cluster, then keep the
+ * entries whose refcount is exactly that (no snapshot, no compressed or
+ * preallocated-zero reference reaches them, as for clusters this target
+ * indexes itself).
+ */
+static int attach_referrers(struct qcow2dedup *q)
+{
+	u64 gcs = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size), gc;
+	struct dedup_entry *e;
+	unsigned long host;
+	int r;
+
+	for (gc = 0; gc < gcs; gc++) {
+		struct qcow2_l2e_info info;
+		enum qcow2_cluster_type type;
+		bool pending;
+		u64 first;
+
+		if (!qcow2_md_l2_present(q->md, gc)) {
+			gc |= (1ULL << q->geo->l2_bits) - 1;
+			continue;
+		}
+		r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
+		if (r)
+			return r;
+		if (type != QCOW2_CLUSTER_NORMAL)
+			continue;
+		e = dedup_find_host(&q->index, info.host_offset >> cbits(q));
+		if (!e)
+			continue;
+		r = dedup_add_ref(&q->index, e, gc, &first);
+		if (r < 0)
+			return r;
+		if (!(gc & 4095))
+			cond_resched();
+	}
+	xa_for_each(&q->index.by_host, host, e) {
+		u64 rc;
+
+		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
+		if (r)
+			return r;
+		if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
+			q->table.loaded++;
+			continue;
+		}
+		q->table.dropped++;
+		dedup_remove(&q->index, e);
+	}
+	return q->index.clear_failed ? -ENOMEM : 0;
+}
+
+/* Read the first cluster (header and extensions) through the metadata cache. */
+static void *read_header_area(struct qcow2dedup *q)
+{
+	void *buf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+
+	if (buf && qcow2_md_read_bytes(q->md, 0, buf, q->geo->cluster_size)) {
+		kvfree(buf);
+		return ERR_PTR(-EIO);
+	}
+	return buf ?: ERR_PTR(-ENOMEM);
+}
+
+/**
+ * qcow2dedup_table_load() - fill the index from the image's table.
+ * @q: target, before its first resume (no I/O in flight).
+ *
+ * A table that is absent, stale (the autoclear bit is clear: another
+ * program wrote the image), made with another hash, or damaged is not used:
+ * the index is rebuilt in the background and a new table replaces it at the
+ * first write.  Its clusters are left alone, since a stale table's clusters
+ * may have been freed and reused by QEMU: `qemu-img check -r leaks`
+ * reclaims them.
+ *
+ * Return: 0 (the caller starts a rebuild unless q->table.loaded is set by a
+ * usable table), or an error that fails the resume (I/O, memory).
+ */
+int qcow2dedup_table_load(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	enum qdt_err why = QDT_OK;
+	u32 doff, dlen;
+	void *buf;
+	int r;
+
+	if (!t->enabled)
+		return 0;
+	buf = read_header_area(q);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+	r = qcow2_find_extension(buf, q->geo->cluster_size, q->geo,
+				 QCOW2_EXT_DEDUP_TABLE, &doff, &dlen);
+	if (r == -ENOENT) {
+		r = 0;
+		goto out;
+	}
+	if (!r)
+		r = qdt_decode_ext(buf + doff, dlen, q->geo, &t->info, &why);
+	if (r)
+		goto unusable;
+	if (!(q->geo->autoclear_features & QCOW2_AUTOCLEAR_DEDUP_TABLE)) {
+		DMINFO("%s: dedup table is stale (the image was opened read-write by another program); rebuilding",
+		       qcow2dedup_dev_name(q));
+		goto discard;
+	}
+	if (strcmp(t->info.hash, q->opt.hash) || t->info.key_len != q->index.key_len) {
+		why = QDT_ERR_HASH_MISMATCH;
+		r = -EINVAL;
+		goto unusable;
+	}
+	t->unclean = t->info.flags & QDT_FLAG_OPEN;
+	r = load_tree(q, buf, &why);
+	if (!r)
+		r = attach_referrers(q);
+	if (r)
+		goto unusable;
+	if (t->unclean)
+		DMINFO("%s: dedup table left open by a crash: %llu entries, each verified before its first share",
+		       qcow2dedup_dev_name(q), t->loaded);
+	goto out;
+unusable:
+	if (r != -EINVAL)
+		goto out;
+	DMWARN("%s: dedup table not used: %s; rebuilding", qcow2dedup_dev_name(q),
+	       qdt_err_str(why));
+discard:
+	table_reset(q);
+	r = 0;
+out:
+	kvfree(buf);
+	return r;
+}
+
+/* Write the header with our extension (@flags) and our autoclear bit. */
+static int write_header(struct qcow2dedup *q, u32 flags, bool bit)
+{
+	struct qcow2dedup_table *t = &q->table;
+	struct qcow2_header *h;
+	struct qdt_ext ext;
+	size_t end;
+	void *old, *out;
+	int r;
+
+	old = read_header_area(q);
+	if (IS_ERR(old))
+		return PTR_ERR(old);
+	out = kvzalloc(q->geo->cluster_size, GFP_NOIO);
+	if (!out) {
+		kvfree(old);
+		return -ENOMEM;
+	}
+	t->info.flags = flags;
+	t->info.entries = READ_ONCE(q->index.entries);
+	qdt_encode_ext(&t->info, &ext);
+	r = qcow2_rewrite_extensions(old, q->geo->cluster_size, q->geo,
+				     QCOW2_EXT_DEDUP_TABLE, &ext, sizeof(ext),
+				     &dedup_feature, out, &end);
+	if (!r) {
+		/* Other autoclear bits vouch for what this target does not keep. */
+		h = out;
+		put_unaligned_be64(bit ? QCOW2_AUTOCLEAR_DEDUP_TABLE : 0,
+				   &h->autoclear_features);
+		r = qcow2_md_write_header(q->md, out, end);
+	}
+	kvfree(out);
+	kvfree(old);
+	return r;
+}
+
+/* Stop keeping the table; the bit goes so that nobody trusts it. */
+static int table_fail(struct qcow2dedup *q, const char *why, int err)
+{
+	int r = 0;
+
+	DMERR("%s: dedup table abandoned: %s (%d)", qcow2dedup_dev_name(q), why, err);
+	if (q->table.open)
+		r = qcow2_md_clear_autoclear(q->md);
+	q->table.open = false;
+	table_off(q, why);
+	return r;
+}
+
+/**
+ * qcow2dedup_table_open() - before the first write of an activation: make
+ *	the root if there is none, and mark the table open in the header.
+ * @q: target (worker).
+ *
+ * Return: 0 (also when the table had to be given up), or an I/O error.
+ */
+int qcow2dedup_table_open(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	int r;
+
+	if (!t->enabled || t->open)
+		return 0;
+	if (!t->info.root) {
+		u64 root;
+
+		r = qcow2dedup_alloc(q, &root);
+		if (r == -ENOSPC)
+			return table_fail(q, "no free cluster for the table root", r) ?: 0;
+		if (!r)
+			r = qcow2_md_zero_cluster(q->md, root);
+		/* The root is zero and counted on disk before the header names it. */
+		if (!r)
+			r = qcow2_md_flush(q->md);
+		if (r)
+			return r;
+		t->info.root = root;
+		t->info.key_len = q->index.key_len;
+		strscpy(t->info.hash, q->opt.hash, sizeof(t->info.hash));
+		t->clusters = 1;
+	}
+	t->info.generation++;
+	r = write_header(q, QDT_FLAG_OPEN, true);
+	if (r == -ENOSPC)
+		return table_fail(q, "no room for the header extension", r);
+	if (r)
+		return r;
+	t->open = true;
+	return 0;
+}
+
+/* Zero the slot of host cluster @host in its leaf's buffer. */
+static int zero_slot(struct qcow2dedup *q, u64 host)
+{
+	struct qcow2dedup_table *t = &q->table;
+	static const u8 zeros[QDT_SLOT_SIZE];
+	u64 leaf = qdt_leaf_of(&t->shape, host);
+
+	if (leaf >= t->nr_leaves || !t->leaves[leaf])
+		return 0;
+	return qcow2_md_write_bytes(q->md, t->leaves[leaf] +
+				    (u64)qdt_slot_of(&t->shape, host) * QDT_SLOT_SIZE,
+				    zeros, QDT_SLOT_SIZE);
+}
+
+/* Put the recorded clears in the buffers. */
+static int write_clears(struct qcow2dedup *q)
+{
+	struct dedup_index *idx = &q->index;
+	unsigned long host;
+	void *p;
+	int r;
+
+	if (idx->clear_failed)
+		return table_fail(q, "out of memory recording a slot to clear", -ENOMEM);
+	xa_for_each(&idx->clears, host, p) {
+		if (q->table.enabled) {
+			r = zero_slot(q, host);
+			if (r)
+				return r;
+		}
+		xa_erase(&idx->clears, host);
+		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
+	}
+	return 0;
+}
+
+/**
+ * qcow2dedup_table_before_commit() - first step of every commit: slots of
+ *	clusters that left the index go to the buffers, which the commit
+ *	flushes before it lets any refcount fall to zero.
+ * @ctx: the target.
+ */
+int qcow2dedup_table_before_commit(void *ctx)
+{
+	struct qcow2dedup *q = ctx;
+
+	if (!q->index_ready)
+		return 0;
+	return write_clears(q);
+}
+
+/**
+ * qcow2dedup_table_barrier() - an indexed cluster with a slot on disk is
+ *	about to be written in place: zero the slot on disk first.
+ * @q: target (worker).
+ */
+int qcow2dedup_table_barrier(struct qcow2dedup *q)
+{
+	int r;
+
+	if (!q->index.nr_clears && !q->index.clear_failed)
+		return 0;
+	r = write_clears(q);
+	return r ?: qcow2_md_flush(q->md);
+}
+
+/* Make leaf @leaf exist: a zeroed cluster; its directory entry comes later. */
+static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
+{
+	struct qcow2dedup_table *t = &q->table;
+	u64 dir = qdt_dir_of(&t->shape, leaf), off;
+	int r;
+
+	if (!t->dirs[dir]) {
+		r = qcow2dedup_alloc(q, &off);
+		if (!r)
+			r = qcow2_md_zero_cluster(q->md, off);
+		if (r)
+			return r;
+		t->dirs[dir] = off;
+		t->clusters++;
+		xa_store(fresh, dir, xa_mk_value(1), GFP_NOIO);
+		xa_set_mark(fresh, dir, XA_MARK_1);
+	}
+	r = qcow2dedup_alloc(q, &off);
+	if (!r)
+		r = qcow2_md_zero_cluster(q->md, off);
+	if (r)
+		return r;
+	t->leaves[leaf] = off;
+	t->clusters++;
+	/* Leaves are noted at index leaf + nr_dirs, directories below it. */
+	return xa_err(xa_store(fresh, t->nr_dirs + leaf, xa_mk_value(1), GFP_NOIO));
+}
+
+/* Link the leaves and directories made by this flush, leaves first. */
+static int link_fresh(struct qcow2dedup *q, struct xarray *fresh)
+{
+	struct qcow2dedup_table *t = &q->table;
+	unsigned long i;
+	__be64 v;
+	void *p;
+	int r;
+
+	r = qcow2_md_flush(q->md);
+	xa_for_each_start(fresh, i, p, t->nr_dirs) {
+		u64 leaf = i - t->nr_dirs, dir = qdt_dir_of(&t->shape, leaf);
+
+		if (r)
+			return r;
+		v = cpu_to_be64(t->leaves[leaf]);
+		r = qcow2_md_write_bytes(q->md, t->dirs[dir] +
+					 (u64)qdt_dir_slot_of(&t->shape, leaf) * sizeof(v),
+					 &v, sizeof(v));
+	}
+	if (!r)
+		r = qcow2_md_flush(q->md);
+	xa_for_each_marked(fresh, i, p, XA_MARK_1) {
+		if (r)
+			return r;
+		v = cpu_to_be64(t->dirs[i]);
+		r = qcow2_md_write_bytes(q->md, t->info.root + i * sizeof(v),
+					 &v, sizeof(v));
+	}
+	return r;
+}
+
+/**
+ * qcow2dedup_table_flush() - write the slots of READY entries not yet in
+ *	the table.
+ * @q: target (worker), right after a successful commit: every READY
+ *	entry's data and mapping are on disk.
+ * @durable: flush the device at the end (timer, message, suspend); without
+ *	it (after a guest flush) the slots reach the disk with the next
+ *	commit, and entries that need a new leaf wait for a durable flush.
+ *
+ * Return: 0 or an I/O error.
+ */
+int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable)
+{
+	struct qcow2dedup_table *t = &q->table;
+	struct dedup_index *idx = &q->index;
+	struct xarray fresh;
+	struct dedup_entry *e;
+	unsigned long host;
+	u64 start = ktime_get_ns();
+	bool any = false;
+	int r = 0;
+
+	if (!t->enabled || (!idx->dirty && !idx->nr_clears && !durable))
+		return 0;
+	if (!t->open) {
+		r = qcow2dedup_before_first_write(q);
+		if (r || !t->enabled)
+			return r;
+	}
+	xa_init(&fresh);
+	r = write_clears(q);
+	xa_for_each_marked(&idx->by_host, host, e, DEDUP_MARK_DIRTY) {
+		u64 leaf = qdt_leaf_of(&t->shape, host);
+
+		if (r || !t->enabled)
+			break;
+		if (e->state != DEDUP_READY)
+			continue;
+		if (!t->leaves[leaf]) {
+			if (!durable)
+				continue;
+			r = new_leaf(q, leaf, &fresh);
+			if (r == -ENOSPC) {
+				/* Stays dirty; a later flush may find room. */
+				r = 0;
+				break;
+			}
+			if (r)
+				break;
+		}
+		r = qcow2_md_write_bytes(q->md, t->leaves[leaf] +
+					 (u64)qdt_slot_of(&t->shape, host) * QDT_SLOT_SIZE,
+					 e->key, QDT_SLOT_SIZE);
+		if (!r)
+			dedup_set_persisted(idx, e);
+		any = true;
+	}
+	if (!r && !xa_empty(&fresh))
+		r = link_fresh(q, &fresh);
+	xa_destroy(&fresh);
+	if (!r && durable)
+		r = qcow2_md_flush(q->md);
+	if (any || durable) {
+		t->flushes++;
+		t->flush_ns += ktime_get_ns() - start;
+	}
+	return r;
+}
+
+/**
+ * qcow2dedup_table_close() - clean end of an activation (suspend, removal):
+ *	every slot written, the table marked closed.
+ * @q: target, with no I/O in flight and the final commit done.
+ */
+int qcow2dedup_table_close(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	int r;
+
+	if (!t->enabled || !t->open)
+		return 0;
+	r = qcow2dedup_table_flush(q, true);
+	if (!r && t->enabled)
+		r = write_header(q, 0, true);
+	if (!r)
+		t->open = false;
+	return r;
+}
+
+/**
+ * qcow2dedup_table_schedule() - (re)arm the flush timer.
+ * @q: target.
+ */
+void qcow2dedup_table_schedule(struct qcow2dedup *q)
+{
+	if (q->table.enabled && !READ_ONCE(q->suspended))
+		mod_delayed_work(q->wq, &q->table.flusher,
+				 msecs_to_jiffies(q->opt.flush_interval_ms));
+}
+
+/**
+ * qcow2dedup_table_worker() - worker: serve the timer and "flush" messages.
+ * @q: target.
+ */
+void qcow2dedup_table_worker(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	unsigned long req;
+	int r = 0;
+
+	spin_lock_irq(&q->lock);
+	req = t->flush_req;
+	spin_unlock_irq(&q->lock);
+	if (!READ_ONCE(t->flush_due) && req == t->flush_done)
+		return;
+	WRITE_ONCE(t->flush_due, false);
+	if (READ_ONCE(q->mode) != MODE_WRITE) {
+		r = -EIO;
+	} else if (READ_ONCE(q->suspended)) {
+		/* The suspend wrote everything back; the image is not ours now. */
+		r = 0;
+	} else if (req != t->flush_done ||
+		   (t->enabled && qcow2dedup_table_dirty(q))) {
+		r = qcow2dedup_commit(q);
+		if (!r)
+			r = qcow2dedup_table_flush(q, true);
+		if (r)
+			qcow2dedup_metadata_error(q, "dedup table flush", r);
+	}
+	spin_lock_irq(&q->lock);
+	t->flush_err = r;
+	t->flush_done = req;
+	spin_unlock_irq(&q->lock);
+	wake_up_all(&t->flush_wait);
+	qcow2dedup_table_schedule(q);
+}
+
+static bool flush_served(struct qcow2dedup *q, unsigned long req, int *err)
+{
+	bool done;
+
+	spin_lock_irq(&q->lock);
+	done = (long)(q->table.flush_done - req) >= 0;
+	*err = q->table.flush_err;
+	spin_unlock_irq(&q->lock);
+	return done;
+}
+
+/**
+ * qcow2dedup_table_message_flush() - the "flush" message: commit and write
+ *	the table, and wait for it.
+ * @q: target.
+ */
+int qcow2dedup_table_message_flush(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+	unsigned long req;
+	int r;
+
+	spin_lock_irq(&q->lock);
+	req = ++t->flush_req;
+	spin_unlock_irq(&q->lock);
+	qcow2dedup_wake(q);
+	wait_event(t->flush_wait, flush_served(q, req, &r));
+	return r;
+}
+
+/**
+ * qcow2dedup_table_dirty() - slots to write or to clear.
+ * @q: target.
+ */
+u64 qcow2dedup_table_dirty(struct qcow2dedup *q)
+{
+	return READ_ONCE(q->index.dirty) + READ_ONCE(q->index.nr_clears);
+}
+
+/**
+ * qcow2dedup_table_state() - "off", "rebuilding", "dirty" or "clean".
+ * @q: target.
+ */
+const char *qcow2dedup_table_state(struct qcow2dedup *q)
+{
+	if (!q->dedup || !READ_ONCE(q->table.enabled))
+		return "off";
+	if (q->rebuild && READ_ONCE(q->rebuild->active))
+		return "rebuilding";
+	return qcow2dedup_table_dirty(q) ? "dirty" : "clean";
+}
