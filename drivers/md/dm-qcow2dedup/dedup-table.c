@@ -361,7 +361,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	if (r)
 		goto unusable;
 	if (!(q->geo->autoclear_features & QCOW2_AUTOCLEAR_DEDUP_TABLE)) {
-		DMINFO("%s: dedup table is stale (the image was opened read-write by another program); rebuilding",
+		DMINFO("%s: dedup table is stale (another program wrote the image); rebuilding",
 		       qcow2dedup_dev_name(q));
 		goto discard;
 	}
@@ -377,7 +377,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	if (r)
 		goto unusable;
 	if (t->unclean)
-		DMINFO("%s: dedup table left open by a crash: %llu entries, each verified before its first share",
+		DMINFO("%s: dedup table left open by a crash: %llu entries, verified before use",
 		       qcow2dedup_dev_name(q), t->loaded);
 	goto out;
 unusable:
@@ -619,10 +619,12 @@ static int link_fresh(struct qcow2dedup *q, struct xarray *fresh)
  * @durable: flush the device at the end (timer, message, suspend); without
  *	it (after a guest flush) the slots reach the disk with the next
  *	commit, and entries that need a new leaf wait for a durable flush.
+ * @open: open the table (write the header) if no write of this
+ *	activation has: only for the "flush" message.
  *
  * Return: 0 or an I/O error.
  */
-int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable)
+int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 {
 	struct qcow2dedup_table *t = &q->table;
 	struct dedup_index *idx = &q->index;
@@ -635,7 +637,10 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable)
 
 	if (!t->enabled || (!idx->dirty && !idx->nr_clears && !durable))
 		return 0;
-	if (!t->open) {
+	/* An activation that never wrote leaves the image untouched. */
+	if (!t->open && !open) {
+		return 0;
+	} else if (!t->open) {
 		r = qcow2dedup_before_first_write(q);
 		if (r || !t->enabled)
 			return r;
@@ -692,7 +697,7 @@ int qcow2dedup_table_close(struct qcow2dedup *q)
 
 	if (!t->enabled || !t->open)
 		return 0;
-	r = qcow2dedup_table_flush(q, true);
+	r = qcow2dedup_table_flush(q, true, false);
 	if (!r && t->enabled)
 		r = write_header(q, 0, true);
 	if (!r)
@@ -733,10 +738,10 @@ void qcow2dedup_table_worker(struct qcow2dedup *q)
 		/* The suspend wrote everything back; the image is not ours now. */
 		r = 0;
 	} else if (req != t->flush_done ||
-		   (t->enabled && qcow2dedup_table_dirty(q))) {
+		   (t->enabled && t->open && qcow2dedup_table_dirty(q))) {
 		r = qcow2dedup_commit(q);
 		if (!r)
-			r = qcow2dedup_table_flush(q, true);
+			r = qcow2dedup_table_flush(q, true, req != t->flush_done);
 		if (r)
 			qcow2dedup_metadata_error(q, "dedup table flush", r);
 	}

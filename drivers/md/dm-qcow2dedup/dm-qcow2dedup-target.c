@@ -833,7 +833,7 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 		if (qcow2dedup_commit(q))
 			status = BLK_STS_IOERR;
 		/* Slots of what the commit made durable: written lazily. */
-		else if (qcow2dedup_table_flush(q, false))
+		else if (qcow2dedup_table_flush(q, false, false))
 			qcow2dedup_metadata_error(q, "dedup table update", -EIO);
 	} else if (qcow2_md_dirty(q->md)) {
 		/* Staged changes will never reach the disk now. */

@@ -238,7 +238,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
 int qcow2dedup_table_before_commit(void *ctx);
 int qcow2dedup_table_barrier(struct qcow2dedup *q);
-int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable);
+int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open);
 int qcow2dedup_table_close(struct qcow2dedup *q);
 void qcow2dedup_table_schedule(struct qcow2dedup *q);
 int qcow2dedup_table_message_flush(struct qcow2dedup *q);

@@ -118,6 +118,6 @@ done
 uml -m 768M "${disks[@]}" -- bash "$inner"
 sha256sum -c --quiet sums || fail "an image changed on a read-only path"
 for img in "${images[@]}"; do
-	qemu-img check -q "$img" || fail "$img: qemu-img check after the test"
+	qcheck "$img"
 done
 log "all ${#images[@]} images read back exactly"

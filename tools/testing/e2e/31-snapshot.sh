@@ -200,18 +200,6 @@ start=$(date +%s)
 uml -m 768M "${disks[@]}" -- bash "$inner" || fail "inside UML (see above)"
 log "UML part took $(($(date +%s) - start))s"
 
-check_clean() { # IMAGE
-	qemu-img check --output=json "$1" >"$1.check.json" || true
-	python3 - "$1.check.json" <<'PY' || { cat "$1.check.json"; fail "$1: qemu-img check"; }
-import json, sys
-c = json.load(open(sys.argv[1]))
-bad = {k: c.get(k, 0) for k in ("check-errors", "corruptions", "leaks")}
-print("# %s: %d/%d clusters allocated, errors %s" % (sys.argv[1][:-11],
-      c.get("allocated-clusters", 0), c.get("total-clusters", 0), bad))
-sys.exit(1 if any(bad.values()) else 0)
-PY
-}
-
 for spec in "${images[@]}"; do
 	read -r name cs compat size <<<"$spec"
 	check_clean "$name.qcow2"

@@ -126,10 +126,7 @@ echo "$out" | grep -q '^inner-done$' || fail "the inner script did not finish"
 log "UML part: $(( $(date +%s) - start ))s"
 
 for img in c64k c4k; do
-	if ! qemu-img check $img.qcow2 >check.out 2>&1; then
-		cat check.out
-		fail "$img: qemu-img check reports errors or leaks"
-	fi
+	qcheck $img.qcow2
 	qemu-img convert -O raw $img.qcow2 $img.raw
 	[ "$(sha256sum <$img.raw | cut -d' ' -f1)" = "$(cat $img.served.sha256)" ] ||
 		fail "$img: qemu-img's raw export differs from what the target served"

@@ -227,7 +227,7 @@ uml -m 768M -d pv.img -d pvimg.qcow2 -- bash boot1.sh || fail "UML boot 1"
 log "boot 1: $(( $(date +%s) - start ))s"
 
 # (a) on the host: the LV's copy.
-qemu-img check lv-out.qcow2 >check.out 2>&1 || { cat check.out; fail "(a) qemu-img check of the LV copy"; }
+qcheck lv-out.qcow2
 qemu-img convert -O raw lv-out.qcow2 a.raw
 cmp a.raw a.expected || fail "(a) the LV copy does not export the expected disk"
 qemu-img convert -l snapshot.name=s1 -O raw lv-out.qcow2 a-snap.raw
@@ -235,7 +235,7 @@ cmp a-snap.raw snap.raw || fail "(a) snapshot s1 changed"
 log "(a) LV copy: qemu-img check clean, disk and snapshot as expected"
 
 # (c) on the host: the nested image holds the PV and the pattern.
-qemu-img check nest-out.qcow2 >check.out 2>&1 || { cat check.out; fail "(c) qemu-img check of the nested image"; }
+qcheck nest-out.qcow2
 qemu-img convert -O raw nest-out.qcow2 nest.raw
 python3 - nest.raw pat.bin <<'PY' || fail "(c) the nested image lacks the LVM label or the pattern"
 import sys
@@ -245,7 +245,7 @@ PY
 log "(c) nested image: qemu-img check clean, LVM label and LV data inside"
 
 # (b) on the host.
-qemu-img check pvimg.qcow2 >check.out 2>&1 || { cat check.out; fail "(b) qemu-img check"; }
+qcheck pvimg.qcow2
 qemu-img convert -O raw pvimg.qcow2 pv.raw
 python3 - pv.raw <<'PY' || fail "(b) no LVM label in the raw export"
 import sys
