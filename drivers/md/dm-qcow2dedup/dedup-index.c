@@ -302,8 +302,15 @@ int dedup_record_clear(struct dedup_index *idx, u64 host)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_record_clear);
 
-/* @e's on-disk slot will no longer describe its cluster. */
-static int forget_slot(struct dedup_index *idx, struct dedup_entry *e)
+/**
+ * dedup_forget_slot() - @e's on-disk slot will no longer describe its
+ *	cluster: record the slot in @clears.
+ * @idx: index.
+ * @e: the entry, which stays indexed.
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e)
 {
 	unmark_dirty(idx, e);
 	if (!e->persisted)
@@ -312,6 +319,7 @@ static int forget_slot(struct dedup_index *idx, struct dedup_entry *e)
 	WRITE_ONCE(idx->persisted, idx->persisted - 1);
 	return dedup_record_clear(idx, e->host);
 }
+EXPORT_SYMBOL_IF_KUNIT(dedup_forget_slot);
 
 /**
  * dedup_set_persisted() - the table flush wrote @e's slot.
@@ -338,7 +346,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 {
 	/* A failed record leaves the slot: dedup_index_clear_failed() tells. */
-	if (forget_slot(idx, e))
+	if (dedup_forget_slot(idx, e))
 		idx->clear_failed = true;
 	xa_erase(&idx->by_host, e->host);
 	if (RB_EMPTY_NODE(&e->node)) {
@@ -463,7 +471,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest)
 {
-	int r = forget_slot(idx, e);
+	int r = dedup_forget_slot(idx, e);
 
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);

@@ -120,6 +120,7 @@ int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
 int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_record_clear(struct dedup_index *idx, u64 host);
+int dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest);
 

@@ -1,21 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * dm-qcow2dedup: rebuilding the index by hashing the image's clusters, in
- * the background, while I/O goes on.
+ * the background, while I/O goes on.  It runs after a stale, damaged or
+ * absent table, and on the "rebuild" message.
  *
- * The worker walks the active L1 a batch at a time.  Each cluster of
- * refcount one (COPIED) that is not indexed gets an UNKEYED entry naming
- * its guest cluster; from then on map() leaves it to the worker like any
- * indexed cluster.  wait_for_readers() then drains in-place writes map()
- * sent before the entry existed, so the bytes read next are stable.  A
- * work item on hash_wq reads and hashes the batch; back in the worker, an
- * entry still UNKEYED (nothing wrote, freed or re-keyed the cluster since:
- * all of that goes through the worker and changes or removes the entry)
- * takes its digest and becomes READY, and the next table flush writes it.
+ * Scan.  The worker walks the active L1, some thousand guest clusters per
+ * pass.  Every standard cluster not indexed gets an UNKEYED entry, and
+ * each guest cluster pointing to it becomes one of its referrers.  From
+ * then on map() leaves the cluster to the worker like any indexed one,
+ * and the worker keeps the referrers exact as guest clusters move away.
+ * When the walk ends, a commit makes every refcount current, and entries
+ * whose refcount is not their number of referrers (a snapshot, or a
+ * reference the walk missed) are dropped: the index must name every
+ * referrer of what it shares.  A cluster of refcount one whose L2 entry
+ * lacks COPIED (QEMU's copy-on-write leaves it so on the other referrer
+ * of a cluster the target had shared) gets its flag back on the way.
  *
- * Clusters shared already (refcount two or more) are left out: the index
- * must name every referrer of what it shares, and a snapshot or an earlier
- * activation may hold references the active L1 does not show.
+ * Hash.  wait_for_readers() drains in-place writes map() sent before the
+ * entries existed, so the bytes read next are stable.  A work item on
+ * hash_wq reads and hashes a batch; back in the worker, an entry still
+ * UNKEYED (nothing wrote, freed or re-keyed the cluster since: all of that
+ * goes through the worker and changes or removes the entry) takes its
+ * digest and becomes READY, and the next table flush writes it.  Content
+ * some other entry already has is not merged: the entry is dropped.
  */
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
@@ -23,7 +30,7 @@
 #include "dm-qcow2dedup.h"
 
 /* Guest clusters looked at per worker pass, at most. */
-#define REBUILD_SCAN	4096U
+#define SCAN_PER_PASS	4096U
 
 static u32 cbits(struct qcow2dedup *q)
 {
@@ -85,6 +92,15 @@ static void rebuild_work(struct work_struct *ws)
 	qcow2dedup_wake(q);
 }
 
+/* An entry whose refcount is its number of referrers (worker). */
+static bool refs_exact(struct qcow2dedup *q, struct dedup_entry *e)
+{
+	u64 rc;
+
+	return e->nr_refs && !qcow2_md_refcount(q->md, e->host << cbits(q), &rc) &&
+	       rc == e->nr_refs;
+}
+
 /* Worker: the hashed batch; entries still UNKEYED take their digest. */
 static void apply_batch(struct qcow2dedup *q)
 {
@@ -94,14 +110,12 @@ static void apply_batch(struct qcow2dedup *q)
 	for (i = 0; i < rb->n; i++) {
 		struct qcow2dedup_rebuild_item *it = &rb->item[i];
 		struct dedup_entry *e = dedup_find_host(&q->index, it->host);
-		u64 rc;
 
-		/* UNKEYED entries are made by the scan only, one batch at a time. */
+		/* UNKEYED entries are made by the scan only, and not reused. */
 		if (e != it->e || e->state != DEDUP_UNKEYED)
 			continue;
 		rb->hashed++;
-		if (it->err || it->zero ||
-		    qcow2_md_refcount(q->md, it->host << cbits(q), &rc) || rc != 1 ||
+		if (it->err || it->zero || !refs_exact(q, e) ||
 		    dedup_key(&q->index, e, it->digest)) {
 			dedup_remove(&q->index, e);
 			continue;
@@ -115,71 +129,122 @@ static void apply_batch(struct qcow2dedup *q)
 static void rebuild_end(struct qcow2dedup *q, const char *how)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
+	struct dedup_entry *e;
+	unsigned long host;
 
+	/* Entries left UNKEYED (a stop half-way) go. */
+	xa_for_each(&q->index.by_host, host, e)
+		if (e->state == DEDUP_UNKEYED)
+			dedup_remove(&q->index, e);
 	WRITE_ONCE(rb->active, false);
-	DMINFO("%s: dedup index rebuild %s: %llu clusters hashed, %llu indexed in %llu ms",
-	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed,
+	DMINFO("%s: dedup index rebuild %s: %llu clusters hashed, %llu indexed, %llu COPIED flags restored in %llu ms",
+	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed, rb->copied_fixed,
 	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC));
 }
 
-/* Worker: pick the next batch of clusters to hash. */
-static int scan_batch(struct qcow2dedup *q)
+/* Worker: one guest cluster of the scan. */
+static int scan_one(struct qcow2dedup *q, u64 gc)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
-	u64 stop = min(rb->end_gc, rb->next_gc + REBUILD_SCAN);
-	u64 gc;
-	int r = 0;
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	struct dedup_entry *e;
+	bool pending;
+	u64 host, first, rc;
+	int r;
 
-	for (gc = rb->next_gc; gc < stop && rb->n < REBUILD_BATCH; gc++) {
-		struct qcow2_l2e_info info;
-		enum qcow2_cluster_type type;
-		struct dedup_entry *e;
-		bool pending;
-		u64 host, first;
-
-		if (!qcow2_md_l2_present(q->md, gc)) {
-			gc |= (1ULL << q->geo->l2_bits) - 1;
-			continue;
+	r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
+	if (r || type != QCOW2_CLUSTER_NORMAL || pending || qcow2dedup_guest_busy(q, gc))
+		return r;
+	host = info.host_offset >> cbits(q);
+	if (!info.copied) {
+		r = qcow2_md_refcount(q->md, info.host_offset, &rc);
+		if (!r && rc == 1) {
+			r = qcow2_md_set_copied(q->md, gc << cbits(q));
+			if (!r)
+				rb->copied_fixed++;
 		}
-		r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
 		if (r)
-			break;
-		if (type != QCOW2_CLUSTER_NORMAL || !info.copied || pending ||
-		    qcow2dedup_guest_busy(q, gc))
-			continue;
-		host = info.host_offset >> cbits(q);
-		if (dedup_find_host(&q->index, host))
-			continue;
+			return r;
+	}
+	e = dedup_find_host(&q->index, host);
+	if (!e) {
 		r = dedup_insert_unkeyed(&q->index, host, NULL, &e);
 		if (r)
+			return r;
+		rb->candidates++;
+	} else if (e->state != DEDUP_UNKEYED) {
+		return 0;
+	}
+	r = dedup_add_ref(&q->index, e, gc, &first);
+	return r < 0 ? r : 0;
+}
+
+/* Worker: the scan is over; keep the entries whose referrers are exact. */
+static int scan_end(struct qcow2dedup *q)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	struct dedup_entry *e;
+	unsigned long host;
+	int r;
+
+	r = qcow2dedup_commit(q);
+	if (r)
+		return r;
+	xa_for_each(&q->index.by_host, host, e) {
+		if (e->state == DEDUP_UNKEYED && !refs_exact(q, e)) {
+			dedup_remove(&q->index, e);
+			rb->candidates--;
+		}
+		cond_resched();
+	}
+	/* In-place writes map() sent before the entries existed end here. */
+	qcow2dedup_wait_for_readers(q);
+	rb->phase = REBUILD_HASH;
+	rb->next_host = 0;
+	return 0;
+}
+
+/* Worker: the next UNKEYED entries, for the hash work. */
+static void pick_batch(struct qcow2dedup *q)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	struct dedup_entry *e;
+	unsigned long host;
+
+	xa_for_each_start(&q->index.by_host, host, e, rb->next_host) {
+		if (rb->n == REBUILD_BATCH)
 			break;
-		dedup_add_ref(&q->index, e, gc, &first);
+		rb->next_host = host + 1;
+		if (e->state != DEDUP_UNKEYED)
+			continue;
 		rb->item[rb->n].host = host;
 		rb->item[rb->n].e = e;
 		rb->n++;
 	}
-	rb->next_gc = min(gc, rb->end_gc);
-	return r;
 }
 
 /**
- * qcow2dedup_rebuild_step() - worker: advance the rebuild by one batch.
+ * qcow2dedup_rebuild_step() - worker: advance the rebuild a little.
  * @q: target.
  */
 void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
 	bool done;
-	int r;
+	int r = 0;
 
 	if (!rb)
 		return;
 	if (rb->requested && !rb->active) {
 		rb->requested = false;
+		rb->phase = REBUILD_SCAN;
 		rb->next_gc = 0;
 		rb->end_gc = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size);
+		rb->candidates = 0;
 		rb->hashed = 0;
 		rb->indexed = 0;
+		rb->copied_fixed = 0;
 		rb->started_ns = ktime_get_ns();
 		rb->runs++;
 		WRITE_ONCE(rb->active, true);
@@ -195,28 +260,44 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 			return;
 		apply_batch(q);
 	}
-	if (rb->paused || READ_ONCE(q->mode) != MODE_WRITE)
+	if (READ_ONCE(rb->paused) || READ_ONCE(q->mode) != MODE_WRITE)
 		return;
-	if (rb->next_gc >= rb->end_gc) {
-		rebuild_end(q, "done");
-		return;
-	}
-	r = scan_batch(q);
-	if (r == -ENOSPC) {
-		rebuild_end(q, "stopped at the index memory limit");
-		r = 0;
-	} else if (r) {
-		DMERR_LIMIT("%s: dedup index rebuild stopped: %d", qcow2dedup_dev_name(q), r);
-		rebuild_end(q, "failed");
-	}
-	if (rb->n) {
-		/* In-place writes sent before the entries existed end first. */
-		qcow2dedup_wait_for_readers(q);
+
+	if (rb->phase == REBUILD_SCAN) {
+		u64 stop = min(rb->end_gc, rb->next_gc + SCAN_PER_PASS);
+		u64 gc;
+
+		for (gc = rb->next_gc; gc < stop && !r; gc++) {
+			if (!qcow2_md_l2_present(q->md, gc))
+				gc |= (1ULL << q->geo->l2_bits) - 1;
+			else
+				r = scan_one(q, gc);
+		}
+		WRITE_ONCE(rb->next_gc, min(gc, rb->end_gc));
+		if (r == -ENOSPC) {
+			/* At the index memory limit: hash what was found. */
+			WRITE_ONCE(rb->next_gc, rb->end_gc);
+			r = 0;
+		}
+		if (!r && rb->next_gc >= rb->end_gc)
+			r = scan_end(q);
+	} else {
+		pick_batch(q);
+		if (!rb->n) {
+			rebuild_end(q, "done");
+			return;
+		}
 		rb->batch_out = true;
 		queue_work(q->hash_wq, &rb->work);
-	} else if (rb->active) {
-		qcow2dedup_wake(q);
+		return;
 	}
+	if (r) {
+		DMERR_LIMIT("%s: dedup index rebuild stopped: %d", qcow2dedup_dev_name(q), r);
+		rebuild_end(q, "failed");
+		return;
+	}
+	/* More to scan: come back after the I/O queued meanwhile. */
+	qcow2dedup_wake(q);
 }
 
 /**
@@ -233,14 +314,19 @@ void qcow2dedup_rebuild_start(struct qcow2dedup *q)
 }
 
 /**
- * qcow2dedup_rebuild_progress() - percent of the guest clusters scanned.
+ * qcow2dedup_rebuild_progress() - percent done: the scan is the first half,
+ *	hashing the second.
  * @q: target.
  */
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
+	u64 c;
 
 	if (!rb || !READ_ONCE(rb->active) || !rb->end_gc)
 		return 100;
-	return div64_u64(READ_ONCE(rb->next_gc) * 100, rb->end_gc);
+	if (READ_ONCE(rb->phase) == REBUILD_SCAN)
+		return div64_u64(READ_ONCE(rb->next_gc) * 50, rb->end_gc);
+	c = READ_ONCE(rb->candidates);
+	return 50 + (c ? div64_u64(min(READ_ONCE(rb->hashed), c) * 49, c) : 49);
 }

@@ -40,6 +40,8 @@ static const struct qcow2_feature_name dedup_feature = {
 	.name = QCOW2_AUTOCLEAR_DEDUP_TABLE_NAME,
 };
 
+static int write_clears(struct qcow2dedup *q);
+
 static u32 cbits(struct qcow2dedup *q)
 {
 	return q->geo->cluster_bits;
@@ -376,6 +378,17 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 		r = attach_referrers(q);
 	if (r)
 		goto unusable;
+	/*
+	 * Slots the index did not take: zeroed on disk now, since nothing
+	 * keeps map() away from their clusters.
+	 */
+	if (q->index.nr_clears) {
+		r = write_clears(q);
+		if (!r)
+			r = qcow2_md_flush(q->md);
+		if (r)
+			goto out;
+	}
 	if (t->unclean)
 		DMINFO("%s: dedup table left open by a crash: %llu entries, verified before use",
 		       qcow2dedup_dev_name(q), t->loaded);

@@ -197,24 +197,50 @@ static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
 	spin_unlock_irqrestore(&q->lock, flags);
 }
 
+/*
+ * Zero @e's slot on disk while @e still keeps map() away from its cluster:
+ * only then may the cluster change in place.
+ */
+static int unpersist(struct qcow2dedup *q, struct dedup_entry *e)
+{
+	int r;
+
+	if (!e->persisted)
+		return 0;
+	r = dedup_forget_slot(&q->index, e);
+	if (r)
+		q->index.clear_failed = true;
+	r = qcow2dedup_table_barrier(q);
+	if (r)
+		qcow2dedup_metadata_error(q, "dedup table update", r);
+	return r;
+}
+
 /**
  * qcow2dedup_forget_host() - the cluster at @host_off is about to be
- *	written in place: its digest will be wrong, take it out of the index.
+ *	written in place: its digest will be wrong, take it out of the index,
+ *	and its slot out of the table on disk before the write.
  * @q: target.
  * @host_off: a cluster of refcount one.
  *
  * Nothing to do without dedup.
+ * Return: 0, or the error of the table update (the write must not go on).
  */
-void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
+int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
 {
 	struct dedup_entry *e;
+	int r;
 
 	if (!q->dedup)
-		return;
+		return 0;
 	e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
 	/* READY or UNKEYED, one referrer: COPIED clusters are never WRITING. */
-	if (e && e->state != DEDUP_WRITING)
+	if (!e || e->state == DEDUP_WRITING)
+		return 0;
+	r = unpersist(q, e);
+	if (!r)
 		dedup_remove(&q->index, e);
+	return r;
 }
 
 /**
@@ -352,24 +378,16 @@ static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
 			   u64 host_off, bool index)
 {
 	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
-	int r;
 
+	/* Its slot in the table on disk goes before the new bytes arrive. */
+	if (old && unpersist(q, old)) {
+		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
+		return;
+	}
 	if (old && index && !dedup_rekey_writing(&q->index, old, op->digest))
 		op->entry = old;
 	else if (old && !index)
 		dedup_remove(&q->index, old);
-	/* Its slot in the table on disk goes before the new bytes arrive. */
-	r = qcow2dedup_table_barrier(q);
-	if (r) {
-		qcow2dedup_metadata_error(q, "dedup table update", r);
-		if (op->entry) {
-			requeue_waiters(q, op->entry);
-			dedup_remove(&q->index, op->entry);
-			op->entry = NULL;
-		}
-		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
-		return;
-	}
 	op->host_off = host_off;
 	op->in_place = true;
 	submit_data(q, op, false);

@@ -704,7 +704,10 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied &&
 	    (!q->dedup || bio->bi_iter.bi_size < q->geo->cluster_size)) {
 		/* Its digest no longer describes the cluster: unindex it. */
-		qcow2dedup_forget_host(q, info.host_offset);
+		if (qcow2dedup_forget_host(q, info.host_offset)) {
+			io_unhold(q, idx);
+			goto fail;
+		}
 		remap_held(q, bio, info.host_offset + in, idx);
 		dm_submit_bio_remap(bio, NULL);
 		return 0;
@@ -801,11 +804,12 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 			continue;
 		if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
 			/* Synchronous in place: the worker owns the cluster here. */
-			qcow2dedup_forget_host(q, info.host_offset);
-			r = blkdev_issue_zeroout(q->dev->bdev,
-						 (info.host_offset + in) >> SECTOR_SHIFT,
-						 len >> SECTOR_SHIFT, GFP_NOIO,
-						 BLKDEV_ZERO_NOUNMAP);
+			r = qcow2dedup_forget_host(q, info.host_offset);
+			if (!r)
+				r = blkdev_issue_zeroout(q->dev->bdev,
+							 (info.host_offset + in) >> SECTOR_SHIFT,
+							 len >> SECTOR_SHIFT, GFP_NOIO,
+							 BLKDEV_ZERO_NOUNMAP);
 			if (r)
 				p->status = BLK_STS_IOERR;
 			continue;

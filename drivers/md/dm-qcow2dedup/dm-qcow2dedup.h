@@ -87,16 +87,25 @@ struct qcow2dedup_rebuild_item {
 	u8 digest[HASH_MAX_DIGESTSIZE];
 };
 
+enum qcow2dedup_rebuild_phase {
+	REBUILD_SCAN,			/* count referrers in the active L1 */
+	REBUILD_HASH,			/* read and hash, a batch at a time */
+};
+
 struct qcow2dedup_rebuild {
 	bool active;
 	bool paused;			/* suspended: start no batch */
 	bool requested;			/* by the "rebuild" message */
 	bool batch_out;			/* a batch is being hashed */
 	bool batch_done;		/* under q->lock */
+	enum qcow2dedup_rebuild_phase phase;
 	u64 next_gc;
 	u64 end_gc;
+	u64 next_host;			/* REBUILD_HASH cursor */
+	u64 candidates;			/* clusters the scan found */
 	u64 hashed;
 	u64 indexed;
+	u64 copied_fixed;		/* COPIED flags the scan restored */
 	u64 started_ns;
 	u64 runs;
 	unsigned int n;
@@ -267,7 +276,7 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 			    const struct qcow2_l2e_info *info, blk_status_t *status);
 void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op);
-void qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
+int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc);
 bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster);
 int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen);
