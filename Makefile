@@ -3,6 +3,8 @@
 # dm-qcow2dedup: build, test and demo entry points.  See README.md.
 #
 #   make            build dm-qcow2dedup.ko against Debian's 6.12 headers (KDIR=...)
+#                   and the userspace tool tools/qcow2dedup/qcow2dedup
+#   make install    install the module, the tool and its man page (DESTDIR=...)
 #   make deps       install (apt) everything the build, tests and demo need
 #   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke
 #   make demo       the main job on a generated image, in UML
@@ -21,15 +23,20 @@ KUNITCFG  := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/uml/uml.config
 JOBS      ?= $(shell nproc)
 
-.PHONY: all module deps uml kunit e2e smoke static checkpatch sparse check demo bench install clean help
+.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench \
+	install install-tool clean help
 
-all: module
+all: module tool
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' Makefile
+	@sed -n '3,13s/^# \{0,1\}//p' Makefile
 
 module: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m W=1 modules
+
+# Userspace: qcow2dedup table/info/check (tools/qcow2dedup/qcow2dedup.8).
+tool:
+	$(MAKE) -C tools/qcow2dedup
 
 need-headers:
 	@test -f $(KDIR)/Makefile || { echo "No kernel headers at $(KDIR): apt-get install -y linux-headers-6.12-amd64 (or: make deps)"; exit 1; }
@@ -76,9 +83,14 @@ demo:
 bench: deps
 	tools/testing/bench/dedup-bench
 
-install: module
+install: module install-tool
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m modules_install
+
+# $(DESTDIR)/usr/local/sbin/qcow2dedup and its man page in section 8.
+install-tool: tool
+	$(MAKE) -C tools/qcow2dedup install DESTDIR=$(DESTDIR) PREFIX=/usr/local
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(MODDIR) clean 2>/dev/null
+	$(MAKE) -C tools/qcow2dedup clean
 	rm -f drivers/md/dm-qcow2dedup/*.o.ur-safe

@@ -137,7 +137,7 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 		if (e->state == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
 	WRITE_ONCE(rb->active, false);
-	DMINFO("%s: dedup index rebuild %s: %llu clusters hashed, %llu indexed, %llu COPIED flags restored in %llu ms",
+	DMINFO("%s: dedup rebuild %s: %llu hashed, %llu indexed, %llu COPIED restored, %llu ms",
 	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed, rb->copied_fixed,
 	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC));
 }
