@@ -46,7 +46,8 @@ int qcow2dedup_rebuild_init(struct qcow2dedup *q)
 	rb = kvzalloc(sizeof(*rb), GFP_KERNEL);
 	if (!rb)
 		return -ENOMEM;
-	rb->buf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+	rb->max_items = clamp_t(u64, REBUILD_BATCH_BYTES >> cbits(q), 1, REBUILD_BATCH);
+	rb->buf = kvmalloc((size_t)rb->max_items << cbits(q), GFP_KERNEL);
 	if (!rb->buf) {
 		kvfree(rb);
 		return -ENOMEM;
@@ -66,25 +67,36 @@ void qcow2dedup_rebuild_free(struct qcow2dedup *q)
 	q->rebuild = NULL;
 }
 
-/* hash_wq: read and hash the batch, then hand it back to the worker. */
+/*
+ * hash_wq: read the batch, one I/O per run of adjacent clusters (the batch
+ * is in host order), hash it, then hand it back to the worker.
+ */
 static void rebuild_work(struct work_struct *ws)
 {
 	struct qcow2dedup_rebuild *rb = container_of(ws, struct qcow2dedup_rebuild, work);
 	struct qcow2dedup *q = rb->q;
-	unsigned int i;
+	u32 cs = q->geo->cluster_size;
+	unsigned int i, j, k;
 
-	for (i = 0; i < rb->n; i++) {
-		struct qcow2dedup_rebuild_item *it = &rb->item[i];
+	for (i = 0; i < rb->n; i = j) {
+		int err;
 
-		it->err = qcow2dedup_sync_io(q, REQ_OP_READ, rb->buf,
-					     it->host << cbits(q), q->geo->cluster_size);
-		if (it->err)
-			continue;
-		it->zero = dedup_is_zero(rb->buf, q->geo->cluster_size);
-		if (!it->zero)
-			it->err = crypto_shash_tfm_digest(q->tfm, rb->buf,
-							  q->geo->cluster_size,
-							  it->digest);
+		for (j = i + 1; j < rb->n && rb->item[j].host == rb->item[j - 1].host + 1; j++)
+			;
+		err = qcow2dedup_sync_io(q, REQ_OP_READ, rb->buf, rb->item[i].host << cbits(q),
+					 (u64)(j - i) * cs);
+		for (k = i; k < j; k++) {
+			struct qcow2dedup_rebuild_item *it = &rb->item[k];
+			void *data = rb->buf + (size_t)(k - i) * cs;
+
+			it->err = err;
+			if (err)
+				continue;
+			it->zero = dedup_is_zero(data, cs);
+			if (!it->zero)
+				it->err = crypto_shash_tfm_digest(q->tfm, data, cs, it->digest);
+		}
+		cond_resched();
 	}
 	spin_lock_irq(&q->lock);
 	rb->batch_done = true;
@@ -213,7 +225,7 @@ static void pick_batch(struct qcow2dedup *q)
 	unsigned long host;
 
 	xa_for_each_start(&q->index.by_host, host, e, rb->next_host) {
-		if (rb->n == REBUILD_BATCH)
+		if (rb->n == rb->max_items)
 			break;
 		rb->next_host = host + 1;
 		if (e->state != DEDUP_UNKEYED)

@@ -28,8 +28,9 @@
 #define BUFFERED_BYTES		(32U << 20)
 /* Default interval of dedup table write-back, in milliseconds. */
 #define TABLE_FLUSH_MS		5000U
-/* Clusters the rebuild hashes per batch. */
-#define REBUILD_BATCH		32U
+/* The rebuild reads up to this many bytes per batch, in runs of clusters. */
+#define REBUILD_BATCH_BYTES	(1U << 20)
+#define REBUILD_BATCH		256U
 
 enum qcow2_mode {
 	MODE_WRITE,
@@ -109,9 +110,10 @@ struct qcow2dedup_rebuild {
 	u64 started_ns;
 	u64 runs;
 	unsigned int n;
+	unsigned int max_items;		/* per batch: REBUILD_BATCH_BYTES of clusters */
 	struct qcow2dedup *q;
 	struct work_struct work;
-	void *buf;
+	void *buf;			/* max_items clusters */
 	struct qcow2dedup_rebuild_item item[REBUILD_BATCH];
 };
 
