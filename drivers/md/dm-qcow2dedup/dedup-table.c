@@ -56,7 +56,7 @@ static void table_off(struct qcow2dedup *q, const char *why)
 }
 
 /* The flush timer: ask the worker for a durable table flush. */
-static void table_flusher(struct work_struct *ws)
+void qcow2dedup_table_flusher(struct work_struct *ws)
 {
 	struct qcow2dedup_table *t = container_of(to_delayed_work(ws),
 						  struct qcow2dedup_table, flusher);
@@ -78,8 +78,6 @@ int qcow2dedup_table_init(struct qcow2dedup *q)
 	struct qcow2dedup_table *t = &q->table;
 	u64 dev_clusters = q->geo->dev_size >> cbits(q);
 
-	init_waitqueue_head(&t->flush_wait);
-	INIT_DELAYED_WORK(&t->flusher, table_flusher);
 	if (!q->dedup) {
 		table_off(q, "no deduplication");
 		return 0;

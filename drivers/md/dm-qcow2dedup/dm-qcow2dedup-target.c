@@ -1160,6 +1160,8 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&q->hashed);
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);
+	INIT_DELAYED_WORK(&q->table.flusher, qcow2dedup_table_flusher);
+	init_waitqueue_head(&q->table.flush_wait);
 	q->busy = RB_ROOT;
 	q->suspended = true;		/* until the first resume */
 	spin_lock_init(&q->io_lock);

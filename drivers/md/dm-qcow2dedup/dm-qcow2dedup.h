@@ -244,6 +244,7 @@ void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
 
 /* dedup-table.c */
 int qcow2dedup_table_init(struct qcow2dedup *q);
+void qcow2dedup_table_flusher(struct work_struct *ws);
 void qcow2dedup_table_free(struct qcow2dedup *q);
 int qcow2dedup_table_load(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
