@@ -82,6 +82,7 @@ demo:
 # without debugging options (built on first use).  Prints numbers only.
 bench: deps
 	tools/testing/bench/dedup-bench
+	tools/testing/bench/table-bench
 
 install: module install-tool
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m modules_install
