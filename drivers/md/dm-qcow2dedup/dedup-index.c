@@ -151,6 +151,35 @@ bool dedup_host_indexed(struct dedup_index *idx, u64 host)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_host_indexed);
 
+/*
+ * A new entry for host cluster @host, in the xarray only; its key and
+ * rbtree node are the caller's to set.  Return: 0, -ENOSPC at the memory
+ * limit, -EEXIST when @host is indexed, or -ENOMEM.
+ */
+static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
+		     struct dedup_entry **entry)
+{
+	struct dedup_entry *e;
+	int r;
+
+	if (idx->limit_bytes &&
+	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
+		return -ENOSPC;
+	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
+	if (!e)
+		return -ENOMEM;
+	e->host = host;
+	e->state = state;
+	INIT_LIST_HEAD(&e->waiters);
+	r = xa_insert(&idx->by_host, host, e, GFP_NOIO);
+	if (r) {
+		kmem_cache_free(entry_cache, e);
+		return r == -EBUSY ? -EEXIST : r;
+	}
+	*entry = e;
+	return 0;
+}
+
 /**
  * dedup_insert_writing() - index a cluster whose data write is starting.
  * @idx: index.
@@ -167,21 +196,10 @@ int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
 	struct dedup_entry *e;
 	int r;
 
-	if (idx->limit_bytes &&
-	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
-		return -ENOSPC;
-	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
-	if (!e)
-		return -ENOMEM;
-	make_key(idx, digest, e->key);
-	e->host = host;
-	e->state = DEDUP_WRITING;
-	INIT_LIST_HEAD(&e->waiters);
-	r = xa_err(xa_store(&idx->by_host, host, e, GFP_NOIO));
-	if (r) {
-		kmem_cache_free(entry_cache, e);
+	r = new_entry(idx, host, DEDUP_WRITING, &e);
+	if (r)
 		return r;
-	}
+	make_key(idx, digest, e->key);
 	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
 		/* The caller looked the digest up first: a bug, not data. */
 		xa_erase(&idx->by_host, host);
@@ -210,24 +228,13 @@ int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
 	struct dedup_entry *e;
 	int r;
 
-	if (idx->limit_bytes &&
-	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
-		return -ENOSPC;
-	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
-	if (!e)
-		return -ENOMEM;
+	r = new_entry(idx, host, DEDUP_UNKEYED, &e);
+	if (r)
+		return r;
 	RB_CLEAR_NODE(&e->node);
 	if (key) {
 		memcpy(e->key, key, DEDUP_KEY_MAX);
 		e->persisted = true;
-	}
-	e->host = host;
-	e->state = DEDUP_UNKEYED;
-	INIT_LIST_HEAD(&e->waiters);
-	r = xa_insert(&idx->by_host, host, e, GFP_NOIO);
-	if (r) {
-		kmem_cache_free(entry_cache, e);
-		return r == -EBUSY ? -EEXIST : r;
 	}
 	WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
 	if (e->persisted)

@@ -149,6 +149,8 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 		if (e->state == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
 	WRITE_ONCE(rb->active, false);
+	if (rb->quiet)
+		return;
 	DMINFO("%s: dedup rebuild %s: %llu hashed, %llu indexed, %llu COPIED restored, %llu ms",
 	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed, rb->copied_fixed,
 	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC));
@@ -313,14 +315,16 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 }
 
 /**
- * qcow2dedup_rebuild_start() - hash every unindexed cluster of refcount one
- *	(after a stale table, or on the "rebuild" message).
+ * qcow2dedup_rebuild_start() - rebuild the index (after a stale, damaged or
+ *	absent table, or on the "rebuild" message).
  * @q: target.
+ * @quiet: no log line at the end (an image that never had a table).
  */
-void qcow2dedup_rebuild_start(struct qcow2dedup *q)
+void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet)
 {
 	if (!q->rebuild)
 		return;
+	q->rebuild->quiet = quiet;
 	q->rebuild->requested = true;
 	qcow2dedup_wake(q);
 }

@@ -356,6 +356,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 		r = 0;
 		goto out;
 	}
+	t->found = true;
 	if (!r)
 		r = qdt_decode_ext(buf + doff, dlen, q->geo, &t->info, &why);
 	if (r)

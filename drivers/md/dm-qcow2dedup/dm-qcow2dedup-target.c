@@ -1356,7 +1356,7 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 		return r;
 	}
 	if (q->table.enabled && !q->table.info.root)
-		qcow2dedup_rebuild_start(q);
+		qcow2dedup_rebuild_start(q, !q->table.found);
 	return 0;
 }
 
@@ -1456,7 +1456,7 @@ static int qcow2dedup_message(struct dm_target *ti, unsigned int argc,
 			      qcow2dedup_dev_name(q));
 			return -EINVAL;
 		}
-		qcow2dedup_rebuild_start(q);
+		qcow2dedup_rebuild_start(q, false);
 		return 0;
 	}
 	DMERR("%s: unknown message \"%s\" (known: stats, flush, rebuild)",

@@ -10,6 +10,7 @@
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
 #include <linux/rbtree.h>
+#include <linux/sizes.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -29,7 +30,7 @@
 /* Default interval of dedup table write-back, in milliseconds. */
 #define TABLE_FLUSH_MS		5000U
 /* The rebuild reads up to this many bytes per batch, in runs of clusters. */
-#define REBUILD_BATCH_BYTES	(1U << 20)
+#define REBUILD_BATCH_BYTES	SZ_1M
 #define REBUILD_BATCH		256U
 
 enum qcow2_mode {
@@ -59,6 +60,7 @@ struct qcow2dedup_table {
 	bool enabled;			/* this activation maintains the table */
 	bool open;			/* the header says OPEN, with our bit */
 	bool unclean;			/* loaded from a table a crash left open */
+	bool found;			/* the image has a table extension */
 	const char *off_reason;		/* why not enabled */
 	struct qdt_shape shape;
 	struct qdt_info info;		/* header extension; info.root 0: none yet */
@@ -97,6 +99,7 @@ struct qcow2dedup_rebuild {
 	bool active;
 	bool paused;			/* suspended: start no batch */
 	bool requested;			/* by the "rebuild" message */
+	bool quiet;			/* the image had no table: no log line */
 	bool batch_out;			/* a batch is being hashed */
 	bool batch_done;		/* under q->lock */
 	enum qcow2dedup_rebuild_phase phase;
@@ -261,7 +264,7 @@ u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
 /* dedup-rebuild.c */
 int qcow2dedup_rebuild_init(struct qcow2dedup *q);
 void qcow2dedup_rebuild_free(struct qcow2dedup *q);
-void qcow2dedup_rebuild_start(struct qcow2dedup *q);
+void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);
 

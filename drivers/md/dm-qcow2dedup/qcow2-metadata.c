@@ -60,6 +60,38 @@ static u64 guest_cluster(struct qcow2_metadata *md, u64 guest_off)
 	return guest_off >> md->geo.cluster_bits;
 }
 
+/*
+ * Copy @len bytes at device offset @off from the metadata buffers to @to,
+ * or, with @to NULL, from @from into them (marked dirty).
+ */
+static int copy_bytes(struct qcow2_metadata *md, u64 off, void *to,
+		      const void *from, size_t len)
+{
+	u32 bsize = 1U << md->block_bits;
+
+	while (len) {
+		struct dm_buffer *b;
+		u32 in = off & (bsize - 1);
+		size_t n = min_t(size_t, len, bsize - in);
+		void *data = dm_bufio_read(md->bufio, off >> md->block_bits, &b);
+
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+		if (to) {
+			memcpy(to, data + in, n);
+			to += n;
+		} else {
+			memcpy(data + in, from, n);
+			from += n;
+			dm_bufio_mark_buffer_dirty(b);
+		}
+		dm_bufio_release(b);
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
 /**
  * qcow2_md_read_bytes() - copy @len bytes of metadata at device offset @off.
  * @md: metadata.
@@ -72,27 +104,11 @@ static u64 guest_cluster(struct qcow2_metadata *md, u64 guest_off)
 int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 			size_t len)
 {
-	u32 bsize = 1U << md->block_bits;
-
 	if (len)
 		dm_bufio_prefetch(md->bufio, off >> md->block_bits,
 				  ((off + len - 1) >> md->block_bits) -
 				  (off >> md->block_bits) + 1);
-	while (len) {
-		struct dm_buffer *b;
-		u32 in = off & (bsize - 1);
-		size_t n = min_t(size_t, len, bsize - in);
-		void *data = dm_bufio_read(md->bufio, off >> md->block_bits, &b);
-
-		if (IS_ERR(data))
-			return PTR_ERR(data);
-		memcpy(buf, data + in, n);
-		dm_bufio_release(b);
-		buf += n;
-		off += n;
-		len -= n;
-	}
-	return 0;
+	return copy_bytes(md, off, buf, NULL, len);
 }
 
 /* Write one big-endian 64-bit metadata word at device offset @pos. */
@@ -836,24 +852,7 @@ int qcow2_md_flush(struct qcow2_metadata *md)
 int qcow2_md_write_bytes(struct qcow2_metadata *md, u64 off, const void *buf,
 			 size_t len)
 {
-	u32 bsize = 1U << md->block_bits;
-
-	while (len) {
-		struct dm_buffer *b;
-		u32 in = off & (bsize - 1);
-		size_t n = min_t(size_t, len, bsize - in);
-		void *data = dm_bufio_read(md->bufio, off >> md->block_bits, &b);
-
-		if (IS_ERR(data))
-			return PTR_ERR(data);
-		memcpy(data + in, buf, n);
-		dm_bufio_mark_buffer_dirty(b);
-		dm_bufio_release(b);
-		buf += n;
-		off += n;
-		len -= n;
-	}
-	return 0;
+	return copy_bytes(md, off, NULL, buf, len);
 }
 
 /**

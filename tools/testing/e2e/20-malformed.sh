@@ -96,10 +96,18 @@ add_case index-limit-0 0 "$SECTORS" " 2 index_limit 0" \
 add_case index-limit-word 0 "$SECTORS" " 2 index_limit lots" \
 	"Invalid index_limit (MiB, at least 1)" "" refuse
 add_case nodedup-with-verify 0 "$SECTORS" " 2 nodedup verify" \
-	"nodedup excludes verify, hash and index_limit" "" refuse
-add_case too-many-options 0 "$SECTORS" " 7 verify verify verify verify verify verify verify" \
+	"nodedup excludes verify, hash, index_limit and flush_interval" "" refuse
+add_case nodedup-with-interval 0 "$SECTORS" " 3 nodedup flush_interval 100" \
+	"nodedup excludes verify, hash, index_limit and flush_interval" "" refuse
+add_case flush-interval-0 0 "$SECTORS" " 2 flush_interval 0" \
+	"Invalid flush_interval (milliseconds, 1 to 3600000)" "" refuse
+add_case flush-interval-huge 0 "$SECTORS" " 2 flush_interval 3600001" \
+	"Invalid flush_interval (milliseconds, 1 to 3600000)" "" refuse
+add_case flush-interval-missing 0 "$SECTORS" " 1 flush_interval" \
+	"Unknown or incomplete optional argument" "" refuse
+add_case too-many-options 0 "$SECTORS" " 9 verify verify verify verify verify verify verify verify verify" \
 	"Invalid number of optional arguments" "" refuse
-add_case all-options 0 "$SECTORS" " 5 hash blake2b-256 verify index_limit 4" "" "" accept
+add_case all-options 0 "$SECTORS" " 7 hash blake2b-256 verify index_limit 4 flush_interval 250" "" "" accept
 add_case extra-argument 0 "$SECTORS" " 0 frobnicate" \
 	"Unexpected extra arguments" "" refuse
 

@@ -99,16 +99,8 @@ log "UML part took $(($(date +%s) - start))s"
 
 for spec in "${images[@]}"; do
 	read -r name cs size win devsize <<<"$spec"
-	qemu-img check --output=json "$name.qcow2" >"$name.check.json" || true
-	python3 - "$name.check.json" <<'PY' || { cat "$name.check.json"; fail "$name: qemu-img check"; }
-import json, sys
-c = json.load(open(sys.argv[1]))
-bad = {k: c.get(k, 0) for k in ("check-errors", "corruptions", "leaks")}
-print("# %s: %d/%d clusters allocated, errors %s" % (sys.argv[1].split(".")[0],
-      c.get("allocated-clusters", 0), c.get("total-clusters", 0), bad))
-sys.exit(1 if any(bad.values()) else 0)
-PY
+	qcheck "$name.qcow2"
 	qemu-img compare -f raw -F qcow2 "$name.expected.raw" "$name.qcow2" ||
 		fail "$name: content differs from the replay"
 done
-log "all images written exactly, consistent and without leaks"
+log "all images written exactly, consistent, no leak but the dedup table"
