@@ -306,3 +306,59 @@ int qcow2_rewrite_extensions(const void *old, size_t len,
 	return 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_rewrite_extensions);
+
+/**
+ * qdt_check_pointers() - validate a root or directory cluster.
+ * @g: geometry.
+ * @buf: the cluster (cluster_size / 8 big-endian offsets).
+ * @used: entries that may be non-zero (directories or leaves the device
+ *	needs below this one); the rest must be zero.
+ * @why: the reason on failure.
+ *
+ * Return: 0, or -EINVAL with @why set (QDT_ERR_OFFSET or QDT_ERR_RANGE).
+ */
+int qdt_check_pointers(const struct qcow2_geometry *g, const void *buf, u64 used,
+		       enum qdt_err *why)
+{
+	u64 i, n = g->cluster_size / sizeof(u64);
+
+	for (i = 0; i < n; i++) {
+		u64 off = get_unaligned_be64(buf + i * sizeof(u64));
+
+		if (!off)
+			continue;
+		if (i >= used)
+			return refuse(why, QDT_ERR_RANGE);
+		if (!qdt_offset_valid(g, off))
+			return refuse(why, QDT_ERR_OFFSET);
+	}
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qdt_check_pointers);
+
+/**
+ * qdt_check_leaf() - validate the slots of leaf @leaf.
+ * @s: the tree's shape.
+ * @buf: the leaf cluster.
+ * @leaf: its index.
+ * @dev_clusters: clusters the device holds.
+ * @why: the reason on failure.
+ *
+ * A used slot must describe a cluster of the device other than the
+ * header's.  Return: 0, or -EINVAL with @why set to QDT_ERR_RANGE.
+ */
+int qdt_check_leaf(const struct qdt_shape *s, const void *buf, u64 leaf,
+		   u64 dev_clusters, enum qdt_err *why)
+{
+	u32 i, n = 1U << s->slot_bits;
+
+	for (i = 0; i < n; i++) {
+		u64 host = (leaf << s->slot_bits) + i;
+
+		if (!qdt_slot_empty(buf + (size_t)i * QDT_SLOT_SIZE) &&
+		    (!host || host >= dev_clusters))
+			return refuse(why, QDT_ERR_RANGE);
+	}
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(qdt_check_leaf);

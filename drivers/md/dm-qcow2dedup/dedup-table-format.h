@@ -86,6 +86,10 @@ int qdt_decode_ext(const void *data, u32 len, const struct qcow2_geometry *g,
 void qdt_encode_ext(const struct qdt_info *info, struct qdt_ext *ext);
 bool qdt_offset_valid(const struct qcow2_geometry *g, u64 off);
 bool qdt_slot_empty(const u8 *slot);
+int qdt_check_pointers(const struct qcow2_geometry *g, const void *buf, u64 used,
+		       enum qdt_err *why);
+int qdt_check_leaf(const struct qdt_shape *s, const void *buf, u64 leaf,
+		   u64 dev_clusters, enum qdt_err *why);
 
 int qcow2_find_extension(const void *buf, size_t len,
 			 const struct qcow2_geometry *g, u32 type,

@@ -158,21 +158,19 @@ static int load_leaf(struct qcow2dedup *q, u64 leaf, const u8 *buf,
 		     enum qdt_err *why)
 {
 	struct qcow2dedup_table *t = &q->table;
-	u64 dev_clusters = q->geo->dev_size >> cbits(q);
 	u32 s, n = 1U << t->shape.slot_bits;
+	int r;
 
+	r = qdt_check_leaf(&t->shape, buf, leaf, q->geo->dev_size >> cbits(q), why);
+	if (r)
+		return r;
 	for (s = 0; s < n; s++) {
 		const u8 *slot = buf + (size_t)s * QDT_SLOT_SIZE;
 		u64 host = (leaf << t->shape.slot_bits) + s;
 		struct dedup_entry *e = NULL;
-		int r;
 
 		if (qdt_slot_empty(slot))
 			continue;
-		if (host >= dev_clusters || !host) {
-			*why = QDT_ERR_RANGE;
-			return -EINVAL;
-		}
 		r = dedup_insert_unkeyed(&q->index, host, slot, &e);
 		if (r == -ENOSPC || r == -ENOMEM) {
 			/* Over the index limit: the slot must go from the disk. */
@@ -203,33 +201,21 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 		goto out;
 	}
 	r = read_table_cluster(q, &seen, t->info.root, root, why);
-	for (d = 0; !r && d < per; d++) {
+	if (!r)
+		r = qdt_check_pointers(q->geo, root, t->nr_dirs, why);
+	for (d = 0; !r && d < t->nr_dirs; d++) {
 		u64 off = be64_to_cpu(root[d]);
 
 		if (!off)
 			continue;
-		if (d >= t->nr_dirs) {
-			*why = QDT_ERR_RANGE;
-			r = -EINVAL;
-			break;
-		}
 		r = read_table_cluster(q, &seen, off, buf, why);
+		if (!r)
+			r = qdt_check_pointers(q->geo, buf, min(per, t->nr_leaves - d * per), why);
 		if (r)
 			break;
 		t->dirs[d] = off;
-		for (k = 0; k < per; k++) {
-			u64 leaf = d * per + k;
-
-			off = get_unaligned_be64(buf + k * sizeof(u64));
-			if (!off)
-				continue;
-			if (leaf >= t->nr_leaves) {
-				*why = QDT_ERR_RANGE;
-				r = -EINVAL;
-				break;
-			}
-			t->leaves[leaf] = off;
-		}
+		for (k = 0; k < per && d * per + k < t->nr_leaves; k++)
+			t->leaves[d * per + k] = get_unaligned_be64(buf + k * sizeof(u64));
 	}
 	for (k = 0; !r && k < t->nr_leaves; k++) {
 		if (!t->leaves[k])

@@ -260,6 +260,51 @@ static void ext_area_no_feature_table(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, memcmp(out + off, &data, sizeof(data)), 0);
 }
 
+/* Damaged roots, directories and leaves are refused, for the right reason. */
+static void tree_damaged(struct kunit *test)
+{
+	struct qcow2_geometry g;
+	struct qdt_shape sh;
+	enum qdt_err why;
+	u8 *buf;
+
+	geo_init(&g, 12, 1ULL << 30);	/* 262144 clusters */
+	qdt_shape_init(&sh, 12);
+	buf = kunit_kzalloc(test, 4096, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+
+	/* Directory: 4 leaves in use, entries 0 and 3 set. */
+	put_unaligned_be64(8ULL << 12, buf);
+	put_unaligned_be64(9ULL << 12, buf + 3 * 8);
+	KUNIT_EXPECT_EQ(test, qdt_check_pointers(&g, buf, 4, &why), 0);
+	/* An entry past what the device needs. */
+	KUNIT_EXPECT_EQ(test, qdt_check_pointers(&g, buf, 3, &why), -EINVAL);
+	KUNIT_EXPECT_EQ(test, why, QDT_ERR_RANGE);
+	/* Misaligned, beyond the device, the header cluster. */
+	put_unaligned_be64((9ULL << 12) + 512, buf + 3 * 8);
+	KUNIT_EXPECT_EQ(test, qdt_check_pointers(&g, buf, 4, &why), -EINVAL);
+	KUNIT_EXPECT_EQ(test, why, QDT_ERR_OFFSET);
+	put_unaligned_be64(1ULL << 30, buf + 3 * 8);
+	KUNIT_EXPECT_EQ(test, qdt_check_pointers(&g, buf, 4, &why), -EINVAL);
+	put_unaligned_be64(0, buf + 3 * 8);
+	put_unaligned_be64(0, buf);
+	KUNIT_EXPECT_EQ(test, qdt_check_pointers(&g, buf, 4, &why), 0);
+
+	/* Leaf 2 describes clusters 256..383. */
+	memset(buf, 0, 4096);
+	buf[5 * QDT_SLOT_SIZE] = 1;
+	KUNIT_EXPECT_EQ(test, qdt_check_leaf(&sh, buf, 2, 262144, &why), 0);
+	/* Its slot 5 (cluster 261) beyond a device of 261 clusters. */
+	KUNIT_EXPECT_EQ(test, qdt_check_leaf(&sh, buf, 2, 261, &why), -EINVAL);
+	KUNIT_EXPECT_EQ(test, why, QDT_ERR_RANGE);
+	KUNIT_EXPECT_EQ(test, qdt_check_leaf(&sh, buf, 2, 262, &why), 0);
+	/* Slot 0 of leaf 0 is the header cluster: never indexed. */
+	memset(buf, 0, 4096);
+	buf[QDT_SLOT_SIZE - 1] = 1;
+	KUNIT_EXPECT_EQ(test, qdt_check_leaf(&sh, buf, 0, 262144, &why), -EINVAL);
+	KUNIT_EXPECT_EQ(test, qdt_check_leaf(&sh, buf, 1, 262144, &why), 0);
+}
+
 static void slot_empty(struct kunit *test)
 {
 	u8 slot[QDT_SLOT_SIZE] = {};
@@ -367,6 +412,7 @@ static struct kunit_case dedup_table_cases[] = {
 	KUNIT_CASE(ext_damaged),
 	KUNIT_CASE(ext_area_rewrite),
 	KUNIT_CASE(ext_area_no_feature_table),
+	KUNIT_CASE(tree_damaged),
 	KUNIT_CASE(slot_empty),
 	KUNIT_CASE(dirty_tracking),
 	{}
