@@ -74,6 +74,7 @@ void dedup_index_destroy(struct dedup_index *idx)
 	idx->dirty = 0;
 	idx->nr_clears = 0;
 	idx->persisted = 0;
+	idx->unverified = 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_destroy);
 
@@ -343,6 +344,21 @@ void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e)
 EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
 
 /**
+ * dedup_set_unverified() - must @e's cluster be compared byte for byte
+ *	before it is shared?  (Entries from a table a crash left open.)
+ * @idx: index.
+ * @e: the entry.
+ * @v: the new state.
+ */
+void dedup_set_unverified(struct dedup_index *idx, struct dedup_entry *e, bool v)
+{
+	if (e->unverified != v)
+		WRITE_ONCE(idx->unverified, v ? idx->unverified + 1 : idx->unverified - 1);
+	e->unverified = v;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_set_unverified);
+
+/**
  * dedup_remove() - take an entry out of the index and free it.
  * @idx: index.
  * @e: the entry; its waiters list must be empty (the caller requeued them).
@@ -355,6 +371,7 @@ void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 	/* A failed record leaves the slot: dedup_index_clear_failed() tells. */
 	if (dedup_forget_slot(idx, e))
 		idx->clear_failed = true;
+	dedup_set_unverified(idx, e, false);
 	xa_erase(&idx->by_host, e->host);
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
@@ -480,6 +497,8 @@ int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 {
 	int r = dedup_forget_slot(idx, e);
 
+	/* The new contents are the target's own. */
+	dedup_set_unverified(idx, e, false);
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 		WRITE_ONCE(idx->entries, idx->entries + 1);

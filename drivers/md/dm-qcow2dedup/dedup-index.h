@@ -86,6 +86,7 @@ struct dedup_index {
 	u64 dirty;			/* entries marked DEDUP_MARK_DIRTY */
 	u64 nr_clears;			/* host clusters in @clears */
 	u64 persisted;			/* entries whose slot is on disk */
+	u64 unverified;			/* entries with ->unverified set */
 	bool clear_failed;		/* a slot could not be recorded in @clears */
 };
 
@@ -119,6 +120,7 @@ int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
 			 struct dedup_entry **entry);
 int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e);
+void dedup_set_unverified(struct dedup_index *idx, struct dedup_entry *e, bool v);
 int dedup_record_clear(struct dedup_index *idx, u64 host);
 int dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,

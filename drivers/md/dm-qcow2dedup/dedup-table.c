@@ -180,7 +180,7 @@ static int load_leaf(struct qcow2dedup *q, u64 leaf, const u8 *buf,
 		if (r)
 			return r;
 		if (e)
-			e->unverified = t->unclean;
+			dedup_set_unverified(&q->index, e, t->unclean);
 	}
 	return 0;
 }
@@ -357,7 +357,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 		r = -EINVAL;
 		goto unusable;
 	}
-	t->unclean = t->info.flags & QDT_FLAG_OPEN;
+	t->unclean = t->info.flags & (QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED);
 	r = load_tree(q, buf, &why);
 	if (!r)
 		r = attach_referrers(q);
@@ -375,7 +375,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 			goto out;
 	}
 	if (t->unclean)
-		DMINFO("%s: dedup table left open by a crash: %llu entries, verified before use",
+		DMINFO("%s: dedup table after an unclean shutdown: %llu entries, verified first",
 		       qcow2dedup_dev_name(q), t->loaded);
 	goto out;
 unusable:
@@ -427,6 +427,12 @@ static int write_header(struct qcow2dedup *q, u32 flags, bool bit)
 	return r;
 }
 
+/* Entries not compared since an unclean shutdown stay suspect next time. */
+static u32 unverified_flag(struct qcow2dedup *q)
+{
+	return READ_ONCE(q->index.unverified) ? QDT_FLAG_UNVERIFIED : 0;
+}
+
 /* Stop keeping the table; the bit goes so that nobody trusts it. */
 static int table_fail(struct qcow2dedup *q, const char *why, int err)
 {
@@ -473,7 +479,7 @@ int qcow2dedup_table_open(struct qcow2dedup *q)
 		t->clusters = 1;
 	}
 	t->info.generation++;
-	r = write_header(q, QDT_FLAG_OPEN, true);
+	r = write_header(q, QDT_FLAG_OPEN | unverified_flag(q), true);
 	if (r == -ENOSPC)
 		return table_fail(q, "no room for the header extension", r);
 	if (r)
@@ -697,7 +703,7 @@ int qcow2dedup_table_close(struct qcow2dedup *q)
 		return 0;
 	r = qcow2dedup_table_flush(q, true, false);
 	if (!r && t->enabled)
-		r = write_header(q, 0, true);
+		r = write_header(q, unverified_flag(q), true);
 	if (!r)
 		t->open = false;
 	return r;

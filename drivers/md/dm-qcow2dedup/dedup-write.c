@@ -303,7 +303,7 @@ static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 		atomic64_inc(&q->verify_mismatches);
 		return false;
 	}
-	e->unverified = false;
+	dedup_set_unverified(&q->index, e, false);
 	return true;
 }
 
@@ -379,7 +379,28 @@ static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
 {
 	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
 
-	/* Its slot in the table on disk goes before the new bytes arrive. */
+	/*
+	 * Its slot in the table on disk goes before the new bytes arrive.  A
+	 * re-keyed entry keeps map() and other writes of either content away
+	 * from the cluster, so the write can wait for the one barrier of this
+	 * pass of the worker (qcow2dedup_barrier_done()).
+	 */
+	if (old && old->persisted && index) {
+		if (dedup_forget_slot(&q->index, old))
+			q->index.clear_failed = true;
+		if (!dedup_rekey_writing(&q->index, old, op->digest)) {
+			op->entry = old;
+			op->host_off = host_off;
+			op->in_place = true;
+			list_add_tail(&op->list, &q->barrier_wait);
+			return;
+		}
+		old = NULL;	/* a bug: the entry is gone, fall back to a barrier now */
+		if (qcow2dedup_table_barrier(q)) {
+			qcow2dedup_op_release(q, op, BLK_STS_IOERR);
+			return;
+		}
+	}
 	if (old && unpersist(q, old)) {
 		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
 		return;
@@ -414,6 +435,37 @@ static void write_over_copied(struct qcow2dedup *q, struct qcow2_op *op,
 		write_in_place(q, op, host_off, false);
 	else if (r)
 		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
+}
+
+/**
+ * qcow2dedup_barrier_done() - worker, after the decisions of a pass: zero
+ *	on disk the slots of the clusters about to be rewritten in place, once
+ *	for all of them, then start their writes.
+ * @q: target.
+ */
+void qcow2dedup_barrier_done(struct qcow2dedup *q)
+{
+	struct qcow2_op *op, *tmp;
+	LIST_HEAD(ops);
+	int r;
+
+	if (list_empty(&q->barrier_wait))
+		return;
+	list_splice_init(&q->barrier_wait, &ops);
+	r = qcow2dedup_table_barrier(q);
+	if (r)
+		qcow2dedup_metadata_error(q, "dedup table update", r);
+	list_for_each_entry_safe(op, tmp, &ops, list) {
+		list_del_init(&op->list);
+		if (r) {
+			requeue_waiters(q, op->entry);
+			dedup_remove(&q->index, op->entry);
+			op->entry = NULL;
+			qcow2dedup_op_release(q, op, BLK_STS_IOERR);
+			continue;
+		}
+		qcow2dedup_write_buffer(q, op);
+	}
 }
 
 /**

@@ -878,6 +878,7 @@ static void do_worker(struct work_struct *ws)
 		list_del_init(&op->list);
 		qcow2dedup_decide(q, op);
 	}
+	qcow2dedup_barrier_done(q);
 
 	spin_lock_irq(&q->lock);
 	bio_list_merge_init(&bios, &q->deferred);
@@ -1158,6 +1159,7 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	bio_list_init(&q->commit_waiters);
 	INIT_LIST_HEAD(&q->completed);
 	INIT_LIST_HEAD(&q->hashed);
+	INIT_LIST_HEAD(&q->barrier_wait);
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);
 	INIT_DELAYED_WORK(&q->table.flusher, qcow2dedup_table_flusher);

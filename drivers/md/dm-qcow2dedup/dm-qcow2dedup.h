@@ -154,6 +154,7 @@ struct qcow2dedup {
 	 */
 	struct rb_root busy;
 	struct bio_list commit_waiters;
+	struct list_head barrier_wait;	/* in-place writes after the table barrier */
 	unsigned int buffered_ops;
 	unsigned int max_buffered_ops;
 	bool autoclear_done;
@@ -281,6 +282,7 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 			    u64 in, u64 len, enum qcow2_cluster_type type,
 			    const struct qcow2_l2e_info *info, blk_status_t *status);
 void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_barrier_done(struct qcow2dedup *q);
 void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op);
 int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc);

@@ -48,7 +48,12 @@
 
 /* The table is open for writing: seen at load, the last writer crashed. */
 #define QDT_FLAG_OPEN			(1U << 0)
-#define QDT_FLAGS_KNOWN			QDT_FLAG_OPEN
+/*
+ * Some entries come from a table a crash left open and were not compared
+ * with their cluster since: the next activation compares them before use.
+ */
+#define QDT_FLAG_UNVERIFIED		(1U << 1)
+#define QDT_FLAGS_KNOWN			(QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED)
 
 #define QDT_SLOT_SIZE			32U
 #define QDT_HASH_NAME_LEN		32U

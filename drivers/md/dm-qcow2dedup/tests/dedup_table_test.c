@@ -381,12 +381,19 @@ static void dirty_tracking(struct kunit *test)
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d), c);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->persisted, 1ULL);
+	/* From a table a crash left open: compared before its first share. */
+	dedup_set_unverified(idx, c, true);
+	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
+	dedup_set_unverified(idx, c, true);
+	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
 	/* Overwritten in place: the old slot goes, the new key is dirty later. */
 	key_of(d, 4);
 	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, c, d), 0);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 2ULL);
 	KUNIT_EXPECT_NOT_NULL(test, xa_load(&idx->clears, 30));
 	KUNIT_EXPECT_FALSE(test, c->persisted);
+	KUNIT_EXPECT_FALSE(test, c->unverified);
+	KUNIT_EXPECT_EQ(test, idx->unverified, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	dedup_write_done(idx, c, 300);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 1ULL);
