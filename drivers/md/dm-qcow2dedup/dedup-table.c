@@ -71,7 +71,8 @@ void qcow2dedup_table_flusher(struct work_struct *ws)
  * @q: target with dedup set up.
  *
  * Not kept: read-only tables, nodedup, version 2 images (no autoclear bits
- * to say whether the table is current), devices the tree cannot describe.
+ * to say whether the table is current), images with internal snapshots,
+ * devices the tree cannot describe.
  */
 int qcow2dedup_table_init(struct qcow2dedup *q)
 {
@@ -79,16 +80,25 @@ int qcow2dedup_table_init(struct qcow2dedup *q)
 	u64 dev_clusters = q->geo->dev_size >> cbits(q);
 
 	if (!q->dedup) {
-		table_off(q, "no deduplication");
+		table_off(q, q->writable ? "nodedup" : "read-only");
 		return 0;
 	}
 	if (q->geo->version < 3) {
-		table_off(q, "qcow2 version 2 has no autoclear bits");
+		table_off(q, "version-2");	/* no autoclear bits */
+		return 0;
+	}
+	/*
+	 * QEMU's "qemu-img check -r" opens an image without reading its
+	 * snapshot table, then rewrites the header to clear unknown autoclear
+	 * bits: with ours set, the header loses its snapshots (QEMU 7.2).
+	 */
+	if (q->geo->nb_snapshots) {
+		table_off(q, "snapshots");
 		return 0;
 	}
 	qdt_shape_init(&t->shape, cbits(q));
 	if (dev_clusters > t->shape.max_clusters) {
-		table_off(q, "device too large for the table at this cluster size");
+		table_off(q, "device-too-large");
 		return 0;
 	}
 	t->nr_leaves = DIV_ROUND_UP(dev_clusters, 1ULL << t->shape.slot_bits);
@@ -442,7 +452,7 @@ static int table_fail(struct qcow2dedup *q, const char *why, int err)
 	if (q->table.open)
 		r = qcow2_md_clear_autoclear(q->md);
 	q->table.open = false;
-	table_off(q, why);
+	table_off(q, "error");
 	return r;
 }
 
@@ -793,6 +803,8 @@ int qcow2dedup_table_message_flush(struct qcow2dedup *q)
  */
 u64 qcow2dedup_table_dirty(struct qcow2dedup *q)
 {
+	if (!READ_ONCE(q->table.enabled))
+		return 0;
 	return READ_ONCE(q->index.dirty) + READ_ONCE(q->index.nr_clears);
 }
 

@@ -611,6 +611,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
 	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));
+	DMEMIT("table_off %s\n", q->table.enabled ? "-" : q->table.off_reason ?: "-");
 	DMEMIT("table_entries %llu\n", READ_ONCE(idx->persisted));
 	DMEMIT("table_dirty %llu\n", qcow2dedup_table_dirty(q));
 	DMEMIT("table_loaded %llu\n", READ_ONCE(q->table.loaded));

@@ -61,7 +61,7 @@ struct qcow2dedup_table {
 	bool open;			/* the header says OPEN, with our bit */
 	bool unclean;			/* loaded from a table a crash left open */
 	bool found;			/* the image has a table extension */
-	const char *off_reason;		/* why not enabled */
+	const char *off_reason;		/* why not enabled: a word, for stats */
 	struct qdt_shape shape;
 	struct qdt_info info;		/* header extension; info.root 0: none yet */
 	u64 nr_leaves;
