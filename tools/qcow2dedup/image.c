@@ -61,6 +61,12 @@ static int open_fd(struct image *img, const char *path)
 		errmsg("%s: not a regular file or a block device", path);
 		return -EINVAL;
 	}
+	/*
+	 * A device a target has open is written below the page cache: drop
+	 * what the cache holds of it, so that reads see the device.
+	 */
+	if (img->blockdev)
+		posix_fadvise(img->fd, 0, 0, POSIX_FADV_DONTNEED);
 	/* lseek gives the size of block devices too. */
 	end = lseek(img->fd, 0, SEEK_END);
 	if (end < 0) {

@@ -262,6 +262,12 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		rb->started_ns = ktime_get_ns();
 		rb->runs++;
 		WRITE_ONCE(rb->active, true);
+		r = qcow2dedup_table_rebuilding(q);
+		if (r) {
+			qcow2dedup_metadata_error(q, "dedup table header", r);
+			rebuild_end(q, "failed");
+			return;
+		}
 	}
 	if (!rb->active)
 		return;

@@ -368,6 +368,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 		goto unusable;
 	}
 	t->unclean = t->info.flags & (QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED);
+	t->incomplete = t->info.flags & QDT_FLAG_INCOMPLETE;
 	r = load_tree(q, buf, &why);
 	if (!r)
 		r = attach_referrers(q);
@@ -437,10 +438,21 @@ static int write_header(struct qcow2dedup *q, u32 flags, bool bit)
 	return r;
 }
 
-/* Entries not compared since an unclean shutdown stay suspect next time. */
-static u32 unverified_flag(struct qcow2dedup *q)
+/*
+ * The flags the header gets: entries not compared since an unclean
+ * shutdown stay suspect next time; a table written during a rebuild is
+ * incomplete, and the next activation rebuilds too.
+ */
+static u32 table_flags(struct qcow2dedup *q, bool open)
 {
-	return READ_ONCE(q->index.unverified) ? QDT_FLAG_UNVERIFIED : 0;
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	u32 f = open ? QDT_FLAG_OPEN : 0;
+
+	if (READ_ONCE(q->index.unverified))
+		f |= QDT_FLAG_UNVERIFIED;
+	if (rb && (READ_ONCE(rb->active) || rb->requested))
+		f |= QDT_FLAG_INCOMPLETE;
+	return f;
 }
 
 /* Stop keeping the table; the bit goes so that nobody trusts it. */
@@ -489,7 +501,7 @@ int qcow2dedup_table_open(struct qcow2dedup *q)
 		t->clusters = 1;
 	}
 	t->info.generation++;
-	r = write_header(q, QDT_FLAG_OPEN | unverified_flag(q), true);
+	r = write_header(q, table_flags(q, true), true);
 	if (r == -ENOSPC)
 		return table_fail(q, "no room for the header extension", r);
 	if (r)
@@ -532,6 +544,20 @@ static int write_clears(struct qcow2dedup *q)
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
 	}
 	return 0;
+}
+
+/**
+ * qcow2dedup_table_rebuilding() - a rebuild starts while the table is open:
+ *	mark it incomplete on disk, so that a crash before the rebuild ends
+ *	makes the next activation rebuild too.
+ * @q: target (worker).
+ */
+int qcow2dedup_table_rebuilding(struct qcow2dedup *q)
+{
+	if (!q->table.enabled || !q->table.open ||
+	    (q->table.info.flags & QDT_FLAG_INCOMPLETE))
+		return 0;
+	return write_header(q, table_flags(q, true), true);
 }
 
 /**
@@ -713,7 +739,7 @@ int qcow2dedup_table_close(struct qcow2dedup *q)
 		return 0;
 	r = qcow2dedup_table_flush(q, true, false);
 	if (!r && t->enabled)
-		r = write_header(q, unverified_flag(q), true);
+		r = write_header(q, table_flags(q, false), true);
 	if (!r)
 		t->open = false;
 	return r;

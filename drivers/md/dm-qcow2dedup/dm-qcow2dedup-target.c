@@ -1357,7 +1357,7 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 		DMERR("%s: cannot read the dedup table: %d", qcow2dedup_dev_name(q), r);
 		return r;
 	}
-	if (q->table.enabled && !q->table.info.root)
+	if (q->table.enabled && (!q->table.info.root || q->table.incomplete))
 		qcow2dedup_rebuild_start(q, !q->table.found);
 	return 0;
 }

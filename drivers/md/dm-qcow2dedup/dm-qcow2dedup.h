@@ -61,6 +61,7 @@ struct qcow2dedup_table {
 	bool open;			/* the header says OPEN, with our bit */
 	bool unclean;			/* loaded from a table a crash left open */
 	bool found;			/* the image has a table extension */
+	bool incomplete;		/* loaded from a table a rebuild left */
 	const char *off_reason;		/* why not enabled: a word, for stats */
 	struct qdt_shape shape;
 	struct qdt_info info;		/* header extension; info.root 0: none yet */
@@ -252,6 +253,7 @@ void qcow2dedup_table_flusher(struct work_struct *ws);
 void qcow2dedup_table_free(struct qcow2dedup *q);
 int qcow2dedup_table_load(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
+int qcow2dedup_table_rebuilding(struct qcow2dedup *q);
 int qcow2dedup_table_before_commit(void *ctx);
 int qcow2dedup_table_barrier(struct qcow2dedup *q);
 int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open);

@@ -53,7 +53,14 @@
  * with their cluster since: the next activation compares them before use.
  */
 #define QDT_FLAG_UNVERIFIED		(1U << 1)
-#define QDT_FLAGS_KNOWN			(QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED)
+/*
+ * The index was being rebuilt when the table was last written: clusters
+ * may be missing from it (those present are right); the next activation
+ * loads it and rebuilds too.
+ */
+#define QDT_FLAG_INCOMPLETE		(1U << 2)
+#define QDT_FLAGS_KNOWN			(QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED | \
+					 QDT_FLAG_INCOMPLETE)
 
 #define QDT_SLOT_SIZE			32U
 #define QDT_HASH_NAME_LEN		32U
