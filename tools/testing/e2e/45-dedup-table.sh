@@ -68,22 +68,6 @@ inner_prelude >common.sh
 cat >>common.sh <<'EOF'
 # stat NAME: one value of the stats message of t
 st() { dmsetup message t 0 stats | awk -v k="$1" '$1 == k { print $2 }'; }
-# wait_rebuild RUNS: until rebuild_runs >= RUNS, progress 100 and the table
-# state is no longer "rebuilding" (60 s at most)
-wait_rebuild() {
-	local i s
-	for i in $(seq 600); do
-		s=$(dmsetup message t 0 stats)
-		if [ "$(awk '$1 == "rebuild_runs" { print $2 }' <<<"$s")" -ge "$1" ] &&
-		   [ "$(awk '$1 == "rebuild_progress" { print $2 }' <<<"$s")" = 100 ] &&
-		   [ "$(awk '$1 == "table_state" { print $2 }' <<<"$s")" != rebuilding ]; then
-			echo "rebuild over after $((i / 10)).$((i % 10)) s"
-			return 0
-		fi
-		sleep 0.1
-	done
-	bad "the rebuild did not end within 60 s: $(echo "$s" | grep -E '^(rebuild|table_state)' | tr '\n' ' ')"
-}
 EOF
 printf 'TOOL=%q\n' "$TOOL" >>common.sh
 

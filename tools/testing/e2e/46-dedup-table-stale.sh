@@ -71,22 +71,6 @@ truncate -s 256M img.qcow2
 inner_prelude >common.sh
 printf 'TOOL=%q\n' "$TOOL" >>common.sh
 cat >>common.sh <<'EOF'
-# wait_rebuild RUNS: until rebuild_runs >= RUNS, progress 100 and the table
-# state is no longer "rebuilding" (60 s at most)
-wait_rebuild() {
-	local i s
-	for i in $(seq 600); do
-		s=$(dmsetup message t 0 stats)
-		if [ "$(awk '$1 == "rebuild_runs" { print $2 }' <<<"$s")" -ge "$1" ] &&
-		   [ "$(awk '$1 == "rebuild_progress" { print $2 }' <<<"$s")" = 100 ] &&
-		   [ "$(awk '$1 == "table_state" { print $2 }' <<<"$s")" != rebuilding ]; then
-			echo "rebuild over after $((i / 10)).$((i % 10)) s"
-			return 0
-		fi
-		sleep 0.1
-	done
-	bad "the rebuild did not end within 60 s: $(echo "$s" | grep -E '^(rebuild|table_state)' | tr '\n' ' ')"
-}
 # whole EXPECTED_RAW: the device reads exactly EXPECTED_RAW
 whole() {
 	dd if=/dev/mapper/t bs=1M iflag=direct status=none | cmp - "$1" || bad "the device differs from $1"

@@ -146,10 +146,27 @@ run_inner() {
 #   same FILE DEV MIB   DEV holds FILE at MIB MiB (O_DIRECT read)
 #   save NAME TAG       flush mapped device NAME; its stats, status and
 #                       table into TAG.stats, TAG.status, TAG.table
+#   wait_rebuild RUNS   until device t has done RUNS dedup index rebuilds,
+#                       none runs and its table state is not "rebuilding"
+#                       (60 s at most)
 inner_prelude() {
 	cat <<'EOF'
 set -u
 rc=0
+wait_rebuild() {
+	local i s
+	for i in $(seq 600); do
+		s=$(dmsetup message t 0 stats)
+		if [ "$(awk '$1 == "rebuild_runs" { print $2 }' <<<"$s")" -ge "$1" ] &&
+		   [ "$(awk '$1 == "rebuild_progress" { print $2 }' <<<"$s")" = 100 ] &&
+		   [ "$(awk '$1 == "table_state" { print $2 }' <<<"$s")" != rebuilding ]; then
+			echo "rebuild over after $((i / 10)).$((i % 10)) s"
+			return 0
+		fi
+		sleep 0.1
+	done
+	bad "the rebuild did not end within 60 s: $(echo "$s" | grep -E '^(rebuild|table_state)' | tr '\n' ' ')"
+}
 bad() { echo "FAIL: $*"; rc=1; }
 put() { dd if="$1" of="$2" bs=1M seek="$3" oflag=direct conv=notrunc status=none || bad "writing $1 at ${3}M of $2"; }
 same() {
