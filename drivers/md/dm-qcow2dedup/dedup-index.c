@@ -33,8 +33,8 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_entry_bytes);
 
 u64 dedup_index_bytes(const struct dedup_index *idx)
 {
-	return (READ_ONCE(idx->entries) + READ_ONCE(idx->unkeyed)) * dedup_entry_bytes() +
-	       READ_ONCE(idx->array_bytes);
+	return (READ_ONCE(idx->entries) + READ_ONCE(idx->unkeyed) + READ_ONCE(idx->dead)) *
+	       dedup_entry_bytes() + READ_ONCE(idx->array_bytes);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_bytes);
 
@@ -71,6 +71,10 @@ void dedup_index_destroy(struct dedup_index *idx)
 	idx->by_digest = RB_ROOT;
 	idx->entries = 0;
 	idx->unkeyed = 0;
+	idx->dead = 0;
+	idx->shared = 0;
+	idx->extra_refs = 0;
+	idx->array_bytes = 0;
 	idx->dirty = 0;
 	idx->nr_clears = 0;
 	idx->persisted = 0;
@@ -130,9 +134,17 @@ struct dedup_entry *dedup_find(struct dedup_index *idx, const u8 *digest)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_find);
 
+/**
+ * dedup_find_host() - the live entry of host cluster @host.
+ * @idx: index.
+ * @host: host cluster index.
+ * Return: the entry (WRITING, READY or UNKEYED), or NULL (none, or DEAD).
+ */
 struct dedup_entry *dedup_find_host(struct dedup_index *idx, u64 host)
 {
-	return xa_load(&idx->by_host, host);
+	struct dedup_entry *e = xa_load(&idx->by_host, host);
+
+	return e && e->state != DEDUP_DEAD ? e : NULL;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_find_host);
 
@@ -152,27 +164,44 @@ bool dedup_host_indexed(struct dedup_index *idx, u64 host)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_host_indexed);
 
+/**
+ * dedup_host_clearing() - must the on-disk slot of host cluster @host be
+ *	zeroed before the cluster changes?
+ * @idx: index.
+ * @host: host cluster index.
+ */
+bool dedup_host_clearing(struct dedup_index *idx, u64 host)
+{
+	return xa_get_mark(&idx->by_host, host, DEDUP_MARK_CLEAR) ||
+	       xa_load(&idx->clears, host);
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_host_clearing);
+
 /*
  * A new entry for host cluster @host, in the xarray only; its key and
  * rbtree node are the caller's to set.  Return: 0, -ENOSPC at the memory
  * limit, -EEXIST when @host is indexed, or -ENOMEM.
  */
+static bool over_limit(struct dedup_index *idx, u64 more)
+{
+	return idx->limit_bytes && dedup_index_bytes(idx) + more > idx->limit_bytes;
+}
+
 static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
-		     struct dedup_entry **entry)
+		     struct dedup_entry **entry, gfp_t gfp)
 {
 	struct dedup_entry *e;
 	int r;
 
-	if (idx->limit_bytes &&
-	    dedup_index_bytes(idx) + dedup_entry_bytes() > idx->limit_bytes)
+	if (over_limit(idx, dedup_entry_bytes()))
 		return -ENOSPC;
-	e = kmem_cache_zalloc(entry_cache, GFP_NOIO);
+	e = kmem_cache_zalloc(entry_cache, gfp);
 	if (!e)
 		return -ENOMEM;
 	e->host = host;
 	e->state = state;
 	INIT_LIST_HEAD(&e->waiters);
-	r = xa_insert(&idx->by_host, host, e, GFP_NOIO);
+	r = xa_insert(&idx->by_host, host, e, gfp);
 	if (r) {
 		kmem_cache_free(entry_cache, e);
 		return r == -EBUSY ? -EEXIST : r;
@@ -188,8 +217,8 @@ static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
  * @host: the newly allocated host cluster.
  * @entry: the new entry, in state WRITING, with no referrer.
  *
- * Return: 0; -ENOSPC when the index is at its memory limit (the caller
- * writes the cluster unindexed); -ENOMEM.
+ * Return: 0; -ENOSPC when the index is at its memory limit, -ENOMEM when
+ * memory is short (the caller writes the cluster unindexed); -EEXIST.
  */
 int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
 			 struct dedup_entry **entry)
@@ -197,7 +226,7 @@ int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
 	struct dedup_entry *e;
 	int r;
 
-	r = new_entry(idx, host, DEDUP_WRITING, &e);
+	r = new_entry(idx, host, DEDUP_WRITING, &e, GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN);
 	if (r)
 		return r;
 	make_key(idx, digest, e->key);
@@ -220,26 +249,29 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_insert_writing);
  * @key: its slot from the on-disk table (persisted), or NULL (the rebuild
  *	is about to hash it).
  * @entry: the new UNKEYED entry, without referrers.
+ * @gfp: allocation flags.
  *
+ * An entry read from the table is a hint: it is marked unverified, and its
+ * cluster is compared with the data before it is first shared.
  * Return: 0, -ENOSPC at the memory limit, -EEXIST, or -ENOMEM.
  */
 int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
-			 struct dedup_entry **entry)
+			 struct dedup_entry **entry, gfp_t gfp)
 {
 	struct dedup_entry *e;
 	int r;
 
-	r = new_entry(idx, host, DEDUP_UNKEYED, &e);
+	r = new_entry(idx, host, DEDUP_UNKEYED, &e, gfp);
 	if (r)
 		return r;
 	RB_CLEAR_NODE(&e->node);
+	WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
 	if (key) {
 		memcpy(e->key, key, DEDUP_KEY_MAX);
 		e->persisted = true;
-	}
-	WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
-	if (e->persisted)
 		WRITE_ONCE(idx->persisted, idx->persisted + 1);
+		dedup_set_unverified(idx, e, true);
+	}
 	*entry = e;
 	return 0;
 }
@@ -290,20 +322,21 @@ void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e, u64 guest)
 EXPORT_SYMBOL_IF_KUNIT(dedup_write_done);
 
 /**
- * dedup_record_clear() - the on-disk slot of host cluster @host must be
- *	zeroed before the cluster is freed or rewritten.
+ * dedup_record_clear() - the on-disk slot of host cluster @host, which has
+ *	no entry, must be zeroed (a slot the table load did not take).
  * @idx: index.
- * @host: host cluster index.
+ * @host: host cluster index, not in @idx->by_host.
+ * @gfp: allocation flags.
  *
- * Return: 0 or -ENOMEM (the caller must stop trusting the on-disk table).
+ * Return: 0 or -ENOMEM.
  */
-int dedup_record_clear(struct dedup_index *idx, u64 host)
+int dedup_record_clear(struct dedup_index *idx, u64 host, gfp_t gfp)
 {
 	int r;
 
 	if (xa_load(&idx->clears, host))
 		return 0;
-	r = xa_err(xa_store(&idx->clears, host, xa_mk_value(1), GFP_NOIO));
+	r = xa_err(xa_store(&idx->clears, host, xa_mk_value(1), gfp));
 	if (!r)
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears + 1);
 	return r;
@@ -312,22 +345,45 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_record_clear);
 
 /**
  * dedup_forget_slot() - @e's on-disk slot will no longer describe its
- *	cluster: record the slot in @clears.
+ *	cluster: mark it to be zeroed (DEDUP_MARK_CLEAR).
  * @idx: index.
  * @e: the entry, which stays indexed.
  *
- * Return: 0 or -ENOMEM.
+ * Needs no memory: the mark lives in @e's xarray slot.
  */
-int dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e)
+void dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e)
 {
 	unmark_dirty(idx, e);
 	if (!e->persisted)
-		return 0;
+		return;
 	e->persisted = false;
 	WRITE_ONCE(idx->persisted, idx->persisted - 1);
-	return dedup_record_clear(idx, e->host);
+	if (!xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
+		xa_set_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR);
+		WRITE_ONCE(idx->nr_clears, idx->nr_clears + 1);
+	}
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_forget_slot);
+
+/**
+ * dedup_clear_done() - the table zeroed @e's slot (in its buffers): drop
+ *	the mark; a DEAD entry goes for good.
+ * @idx: index.
+ * @e: an entry marked DEDUP_MARK_CLEAR.
+ */
+void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e)
+{
+	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
+		xa_clear_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR);
+		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
+	}
+	if (e->state == DEDUP_DEAD) {
+		xa_erase(&idx->by_host, e->host);
+		WRITE_ONCE(idx->dead, idx->dead - 1);
+		free_entry(idx, e);
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_clear_done);
 
 /**
  * dedup_set_persisted() - the table flush wrote @e's slot.
@@ -364,25 +420,38 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_set_unverified);
  * @e: the entry; its waiters list must be empty (the caller requeued them).
  *
  * For a data write that failed, and for a cluster about to be overwritten
- * in place (its digest no longer describes it).
+ * in place (its digest no longer describes it).  An entry whose slot must
+ * still be zeroed on disk stays behind as DEAD until dedup_clear_done().
  */
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 {
-	/* A failed record leaves the slot: dedup_index_clear_failed() tells. */
-	if (dedup_forget_slot(idx, e))
-		idx->clear_failed = true;
+	if (e->state == DEDUP_DEAD)
+		return;
+	dedup_forget_slot(idx, e);
 	dedup_set_unverified(idx, e, false);
-	xa_erase(&idx->by_host, e->host);
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 	} else {
 		rb_erase(&e->node, &idx->by_digest);
+		RB_CLEAR_NODE(&e->node);
 		WRITE_ONCE(idx->entries, idx->entries - 1);
 	}
 	if (e->nr_refs >= 2) {
 		WRITE_ONCE(idx->shared, idx->shared - 1);
 		WRITE_ONCE(idx->extra_refs, idx->extra_refs - (e->nr_refs - 1));
 	}
+	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
+		if (e->cap) {
+			WRITE_ONCE(idx->array_bytes, idx->array_bytes - e->cap * sizeof(u64));
+			kfree(e->guests);
+			e->cap = 0;
+		}
+		e->nr_refs = 0;
+		e->state = DEDUP_DEAD;
+		WRITE_ONCE(idx->dead, idx->dead + 1);
+		return;
+	}
+	xa_erase(&idx->by_host, e->host);
 	free_entry(idx, e);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_remove);
@@ -394,12 +463,14 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_remove);
  * @guest: the new referrer.
  * @first: if the entry had one referrer, that referrer: its COPIED flag
  *	must be cleared, since the refcount becomes two.
+ * @gfp: allocation flags for the referrer array.
  *
- * Return: the number of referrers before (1 means *@first is set), or
- * -ENOMEM (nothing changed).
+ * The array counts against the index's memory limit.
+ * Return: the number of referrers before (1 means *@first is set), -ENOSPC
+ * at the memory limit or -ENOMEM (nothing changed).
  */
 int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
-		  u64 *first)
+		  u64 *first, gfp_t gfp)
 {
 	u32 n = e->nr_refs;
 
@@ -409,8 +480,10 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		e->nr_refs = 1;
 		return 0;
 	}
+	if (n == U32_MAX || (n >= e->cap && over_limit(idx, (e->cap ?: 2) * sizeof(u64))))
+		return -ENOSPC;
 	if (n == 1) {
-		u64 *a = kmalloc_array(4, sizeof(u64), GFP_NOIO);
+		u64 *a = kmalloc_array(4, sizeof(u64), gfp);
 
 		if (!a)
 			return -ENOMEM;
@@ -421,7 +494,7 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		WRITE_ONCE(idx->array_bytes, idx->array_bytes + 4 * sizeof(u64));
 		WRITE_ONCE(idx->shared, idx->shared + 1);
 	} else if (n == e->cap) {
-		u64 *a = krealloc_array(e->guests, 2 * e->cap, sizeof(u64), GFP_NOIO);
+		u64 *a = krealloc_array(e->guests, 2 * e->cap, sizeof(u64), gfp);
 
 		if (!a)
 			return -ENOMEM;
@@ -448,7 +521,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_add_ref);
  */
 enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest)
 {
-	struct dedup_entry *e = xa_load(&idx->by_host, host);
+	struct dedup_entry *e = dedup_find_host(idx, host);
 	u64 survivor;
 	u32 i;
 
@@ -480,53 +553,86 @@ enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 
-/**
- * dedup_rekey_writing() - the cluster of READY entry @e, with one referrer,
- *	is about to be overwritten in place with contents of digest @digest.
- * @idx: index.
- * @e: the entry; it stays in the xarray all along, so map() never finds the
- *	cluster unindexed and never writes into it meanwhile.
- * @digest: the new contents' digest; no entry has it.
- *
- * The entry becomes WRITING with no referrer, as after
- * dedup_insert_writing(); dedup_write_done() follows.
- * Return: 0, or -EEXIST (a caller bug: the entry is removed).
- */
-int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
-			const u8 *digest)
+/* Take @e out of the rbtree, give it the key of @digest, put it back. */
+static int set_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
 {
-	int r = dedup_forget_slot(idx, e);
-
-	/* The new contents are the target's own. */
-	dedup_set_unverified(idx, e, false);
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 		WRITE_ONCE(idx->entries, idx->entries + 1);
 	} else {
 		rb_erase(&e->node, &idx->by_digest);
 	}
-	if (r) {
-		RB_CLEAR_NODE(&e->node);
-		xa_erase(&idx->by_host, e->host);
-		WRITE_ONCE(idx->entries, idx->entries - 1);
-		free_entry(idx, e);
-		idx->clear_failed = true;
-		return r;
-	}
 	make_key(idx, digest, e->key);
-	e->state = DEDUP_WRITING;
-	e->nr_refs = 0;
-	INIT_LIST_HEAD(&e->waiters);
 	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
+		/* Another entry has the digest: @e goes. */
 		RB_CLEAR_NODE(&e->node);
-		xa_erase(&idx->by_host, e->host);
 		WRITE_ONCE(idx->entries, idx->entries - 1);
-		free_entry(idx, e);
+		WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
+		dedup_remove(idx, e);
 		return -EEXIST;
 	}
 	return 0;
 }
+
+/**
+ * dedup_rekey_writing() - the cluster of entry @e, with exactly one
+ *	referrer, is about to be overwritten in place with contents of digest
+ *	@digest.
+ * @idx: index.
+ * @e: a READY or UNKEYED entry; it stays in the xarray all along, so map()
+ *	never finds the cluster unindexed and never writes into it meanwhile.
+ * @digest: the new contents' digest; no entry has it.
+ *
+ * The entry becomes WRITING with no referrer, as after
+ * dedup_insert_writing(); dedup_write_done() follows.  A cluster that two
+ * or more guest clusters reference is never written in place: its other
+ * referrers would see the new contents.
+ * Return: 0; -EBUSY when @e has not exactly one referrer (nothing
+ * changed); -EEXIST (a caller bug: the entry is removed).
+ */
+int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
+			const u8 *digest)
+{
+	int r;
+
+	if (e->nr_refs != 1 || (e->state != DEDUP_READY && e->state != DEDUP_UNKEYED))
+		return -EBUSY;
+	dedup_forget_slot(idx, e);
+	/* The new contents are the target's own. */
+	dedup_set_unverified(idx, e, false);
+	r = set_key(idx, e, digest);
+	if (r)
+		return r;
+	e->state = DEDUP_WRITING;
+	e->nr_refs = 0;
+	INIT_LIST_HEAD(&e->waiters);
+	return 0;
+}
 EXPORT_SYMBOL_IF_KUNIT(dedup_rekey_writing);
+
+/**
+ * dedup_rekey() - a READY entry's cluster turned out to hold contents of
+ *	digest @digest, not those of its key (a wrong slot in a loaded
+ *	table): the entry keeps its referrers under the right key.
+ * @idx: index.
+ * @e: a READY entry.
+ * @digest: the digest of the bytes the cluster holds.
+ *
+ * The slot on disk is zeroed and the new key written by a later flush.
+ * Return: 0, or -EEXIST when another entry has @digest (@e is removed).
+ */
+int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
+{
+	int r;
+
+	dedup_forget_slot(idx, e);
+	dedup_set_unverified(idx, e, false);
+	r = set_key(idx, e, digest);
+	if (!r)
+		mark_dirty(idx, e);
+	return r;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_rekey);
 
 /**
  * dedup_below_ceiling() - may a cluster with refcount @rc take one more

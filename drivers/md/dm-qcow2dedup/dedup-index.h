@@ -19,9 +19,17 @@
  * Persistence (dedup-table.c).  @persisted says the on-disk table's slot
  * for the cluster holds the entry's key.  Entries READY and not persisted
  * carry DEDUP_MARK_DIRTY in the xarray: the next table flush writes them.
- * Removing or re-keying a persisted entry records the host cluster in
- * @clears: its slot must be zeroed on disk before the cluster is freed
- * (the next commit) or written in place (at once).
+ * When a persisted slot stops describing its cluster (the entry is removed
+ * or re-keyed), the entry carries DEDUP_MARK_CLEAR until the table zeroes
+ * the slot on disk, which it must do before the cluster is freed (the next
+ * commit) or written in place (at once, a "barrier").  A removed entry
+ * whose slot still has to go stays in the xarray as DEAD: no lookup by
+ * digest or host finds it, but it keeps map() away from its cluster, and
+ * recording the clear needs no memory.  Slots without an entry (dropped
+ * when the table was loaded) are kept in @clears.
+ *
+ * Loaded entries are hints (@unverified): a table in the image is untrusted
+ * input, so the cluster is compared byte for byte before it is first shared.
  *
  * Referrers.  A READY entry lists the guest clusters of the active L1 that
  * point to it; its qcow2 refcount equals their number (the target shares
@@ -30,6 +38,11 @@
  * its caller when a cluster goes from one referrer to two (clear COPIED on
  * the first) and from two to one (set COPIED on the survivor), and removes
  * the entry when the last referrer goes.
+ *
+ * Memory.  Entries and referrer arrays are allocated with the caller's gfp
+ * flags (GFP_NOIO and friends on the I/O path); a failed allocation leaves
+ * the index as it was.  Nothing else allocates: marks and DEAD entries
+ * record what the table must do.
  *
  * Locking: every function belongs to the target's worker, except
  * dedup_host_indexed() (any context, RCU) and the statistics readers.
@@ -49,10 +62,13 @@ enum dedup_state {
 	DEDUP_WRITING,
 	DEDUP_READY,
 	DEDUP_UNKEYED,
+	DEDUP_DEAD,		/* removed; waits for its slot to be zeroed */
 };
 
 /* In dedup_index.by_host: READY, not yet in the on-disk table. */
 #define DEDUP_MARK_DIRTY	XA_MARK_1
+/* In dedup_index.by_host: the on-disk slot must be zeroed. */
+#define DEDUP_MARK_CLEAR	XA_MARK_2
 
 struct dedup_entry {
 	struct rb_node node;		/* in dedup_index.by_digest */
@@ -64,16 +80,17 @@ struct dedup_entry {
 	};
 	u32 nr_refs;
 	u32 cap;			/* slots in @guests (0: inline) */
-	enum dedup_state state;
+	u8 state;			/* enum dedup_state */
 	bool persisted;			/* the on-disk slot holds @key */
-	bool unverified;		/* from a table a crash left open */
+	bool unverified;		/* loaded: compare before the first share */
+	bool copied_ref;		/* load, rebuild: a referrer has COPIED */
 	struct list_head waiters;	/* WRITING: writes of the same content */
 };
 
 struct dedup_index {
 	struct rb_root by_digest;
 	struct xarray by_host;		/* host cluster index -> entry */
-	struct xarray clears;		/* host clusters whose slot must go */
+	struct xarray clears;		/* slots without an entry to zero (load) */
 	unsigned int key_len;
 	u64 limit_bytes;		/* 0: no limit */
 
@@ -84,10 +101,10 @@ struct dedup_index {
 	u64 array_bytes;		/* referrer arrays */
 	u64 unkeyed;			/* UNKEYED entries (not in @entries) */
 	u64 dirty;			/* entries marked DEDUP_MARK_DIRTY */
-	u64 nr_clears;			/* host clusters in @clears */
+	u64 nr_clears;			/* slots to zero: marked entries and @clears */
+	u64 dead;			/* DEAD entries */
 	u64 persisted;			/* entries whose slot is on disk */
 	u64 unverified;			/* entries with ->unverified set */
-	bool clear_failed;		/* a slot could not be recorded in @clears */
 };
 
 /* What removing a referrer did to its entry. */
@@ -107,6 +124,7 @@ void dedup_cache_destroy(void);
 struct dedup_entry *dedup_find(struct dedup_index *idx, const u8 *key);
 struct dedup_entry *dedup_find_host(struct dedup_index *idx, u64 host);
 bool dedup_host_indexed(struct dedup_index *idx, u64 host);
+bool dedup_host_clearing(struct dedup_index *idx, u64 host);
 
 int dedup_insert_writing(struct dedup_index *idx, const u8 *key, u64 host,
 			 struct dedup_entry **entry);
@@ -114,17 +132,19 @@ void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e,
 		      u64 guest);
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
-		  u64 *first);
+		  u64 *first, gfp_t gfp);
 enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest);
 int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
-			 struct dedup_entry **entry);
+			 struct dedup_entry **entry, gfp_t gfp);
 int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e);
 void dedup_set_unverified(struct dedup_index *idx, struct dedup_entry *e, bool v);
-int dedup_record_clear(struct dedup_index *idx, u64 host);
-int dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e);
+int dedup_record_clear(struct dedup_index *idx, u64 host, gfp_t gfp);
+void dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e);
+void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest);
+int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 
 bool dedup_below_ceiling(u64 rc, u32 refcount_order);
 bool dedup_is_zero(const void *buf, size_t len);

@@ -31,6 +31,8 @@
 
 /* Guest clusters looked at per worker pass, at most. */
 #define SCAN_PER_PASS	4096U
+/* On the I/O path: a failed allocation makes the scan wait and go on. */
+#define REBUILD_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
 
 static u32 cbits(struct qcow2dedup *q)
 {
@@ -183,14 +185,16 @@ static int scan_one(struct qcow2dedup *q, u64 gc)
 	}
 	e = dedup_find_host(&q->index, host);
 	if (!e) {
-		r = dedup_insert_unkeyed(&q->index, host, NULL, &e);
+		r = dedup_insert_unkeyed(&q->index, host, NULL, &e, REBUILD_GFP);
 		if (r)
 			return r;
 		rb->candidates++;
 	} else if (e->state != DEDUP_UNKEYED) {
 		return 0;
 	}
-	r = dedup_add_ref(&q->index, e, gc, &first);
+	if (info.copied)
+		e->copied_ref = true;
+	r = dedup_add_ref(&q->index, e, gc, &first, REBUILD_GFP);
 	return r < 0 ? r : 0;
 }
 
@@ -206,10 +210,14 @@ static int scan_end(struct qcow2dedup *q)
 	if (r)
 		return r;
 	xa_for_each(&q->index.by_host, host, e) {
-		if (e->state == DEDUP_UNKEYED && !refs_exact(q, e)) {
-			dedup_remove(&q->index, e);
-			rb->candidates--;
-		}
+		if (e->state != DEDUP_UNKEYED)
+			continue;
+		if (e->nr_refs >= 2 && e->copied_ref)
+			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
+		else if (refs_exact(q, e))
+			continue;
+		dedup_remove(&q->index, e);
+		rb->candidates--;
 		cond_resched();
 	}
 	/* In-place writes map() sent before the entries existed end here. */
@@ -248,7 +256,8 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 	bool done;
 	int r = 0;
 
-	if (!rb)
+	/* Suspended (or not resumed yet): the image is not ours to write. */
+	if (!rb || READ_ONCE(q->suspended))
 		return;
 	if (rb->requested && !rb->active) {
 		rb->requested = false;
@@ -287,13 +296,21 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		u64 stop = min(rb->end_gc, rb->next_gc + SCAN_PER_PASS);
 		u64 gc;
 
-		for (gc = rb->next_gc; gc < stop && !r; gc++) {
-			if (!qcow2_md_l2_present(q->md, gc))
+		for (gc = rb->next_gc; gc < stop; gc++) {
+			if (!qcow2_md_l2_present(q->md, gc)) {
 				gc |= (1ULL << q->geo->l2_bits) - 1;
-			else
-				r = scan_one(q, gc);
+				continue;
+			}
+			r = scan_one(q, gc);
+			if (r)
+				break;
 		}
 		WRITE_ONCE(rb->next_gc, min(gc, rb->end_gc));
+		if (r == -ENOMEM) {
+			/* Memory short: this cluster again, a moment later. */
+			qcow2dedup_wait_memory(q);
+			return;
+		}
 		if (r == -ENOSPC) {
 			/* At the index memory limit: hash what was found. */
 			WRITE_ONCE(rb->next_gc, rb->end_gc);

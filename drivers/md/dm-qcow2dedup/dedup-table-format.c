@@ -22,6 +22,8 @@ static const char * const qdt_errors[QDT_ERR_MAX] = {
 	[QDT_ERR_OFFSET]	= "table cluster offset invalid",
 	[QDT_ERR_DUPLICATE]	= "table cluster named twice",
 	[QDT_ERR_RANGE]		= "slot for a cluster beyond the device",
+	[QDT_ERR_METADATA]	= "table cluster is qcow2 metadata",
+	[QDT_ERR_GUEST_DATA]	= "table cluster is guest data",
 };
 
 const char *qdt_err_str(enum qdt_err err)

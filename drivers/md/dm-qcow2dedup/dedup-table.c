@@ -19,10 +19,16 @@
  *    is zeroed and flushed (qcow2dedup_table_barrier()).
  *
  * The header extension carries QDT_FLAG_OPEN while an activation writes; a
- * table loaded with the flag set was left by a crash.  Its entries are
- * correct by the rule, and are also compared byte for byte before their
- * first share (dedup_entry.unverified), so that a device which lost a flush
- * cannot make the target share the wrong cluster.
+ * table loaded with the flag set was left by a crash.  Whatever the flags
+ * say, a table read from an image is untrusted input: its entries are hints,
+ * compared byte for byte with the new contents before their first share
+ * (dedup_entry.unverified), so that neither a device which lost a flush
+ * nor a crafted table can make the target share the wrong cluster.  Its
+ * tree is checked before anything is written through it: every cluster of
+ * it must have a refcount of one and be no qcow2 metadata and no guest data.
+ *
+ * Nothing is written by the load: the slots it drops are zeroed when the
+ * table is opened by the first write, before map() may write in place.
  *
  * All of it runs in the worker (or in the constructor and resume paths,
  * with no I/O in flight), like the index it persists.
@@ -41,6 +47,9 @@ static const struct qcow2_feature_name dedup_feature = {
 };
 
 static int write_clears(struct qcow2dedup *q);
+
+/* Allocations of the write-back, on the I/O path: fail rather than wait. */
+#define TABLE_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
 
 static u32 cbits(struct qcow2dedup *q)
 {
@@ -105,7 +114,9 @@ int qcow2dedup_table_init(struct qcow2dedup *q)
 	t->nr_dirs = DIV_ROUND_UP(t->nr_leaves, 1ULL << t->shape.ptr_bits);
 	t->leaves = kvcalloc(t->nr_leaves, sizeof(u64), GFP_KERNEL);
 	t->dirs = kvcalloc(t->nr_dirs, sizeof(u64), GFP_KERNEL);
-	if (!t->leaves || !t->dirs)
+	/* The old and the new header area, for write_header(). */
+	t->hdr = kvmalloc(2 * q->geo->cluster_size, GFP_KERNEL);
+	if (!t->leaves || !t->dirs || !t->hdr)
 		return -ENOMEM;
 	t->enabled = true;
 	return 0;
@@ -115,8 +126,11 @@ void qcow2dedup_table_free(struct qcow2dedup *q)
 {
 	kvfree(q->table.leaves);
 	kvfree(q->table.dirs);
+	kvfree(q->table.hdr);
+	xa_destroy(&q->table.seen);
 	q->table.leaves = NULL;
 	q->table.dirs = NULL;
+	q->table.hdr = NULL;
 }
 
 /* Forget the table read from disk: a new one will be made. */
@@ -130,13 +144,13 @@ static void table_reset(struct qcow2dedup *q)
 	t->clusters = 0;
 	t->loaded = 0;
 	t->unclean = false;
+	xa_destroy(&t->seen);
 	dedup_index_destroy(&q->index);
-	q->index.clear_failed = false;
 }
 
 /* Read a table cluster at @off; a valid offset with a refcount of one. */
-static int read_table_cluster(struct qcow2dedup *q, struct xarray *seen,
-			      u64 off, void *buf, enum qdt_err *why)
+static int read_table_cluster(struct qcow2dedup *q, u64 off, void *buf,
+			      enum qdt_err *why)
 {
 	u64 rc;
 	int r;
@@ -145,7 +159,7 @@ static int read_table_cluster(struct qcow2dedup *q, struct xarray *seen,
 		*why = QDT_ERR_OFFSET;
 		return -EINVAL;
 	}
-	r = xa_insert(seen, off >> cbits(q), xa_mk_value(1), GFP_KERNEL);
+	r = xa_insert(&q->table.seen, off >> cbits(q), xa_mk_value(1), GFP_KERNEL);
 	if (r == -EBUSY) {
 		*why = QDT_ERR_DUPLICATE;
 		return -EINVAL;
@@ -181,16 +195,14 @@ static int load_leaf(struct qcow2dedup *q, u64 leaf, const u8 *buf,
 
 		if (qdt_slot_empty(slot))
 			continue;
-		r = dedup_insert_unkeyed(&q->index, host, slot, &e);
-		if (r == -ENOSPC || r == -ENOMEM) {
+		r = dedup_insert_unkeyed(&q->index, host, slot, &e, GFP_KERNEL);
+		if (r == -ENOSPC) {
 			/* Over the index limit: the slot must go from the disk. */
 			t->dropped++;
-			r = dedup_record_clear(&q->index, host);
+			r = dedup_record_clear(&q->index, host, GFP_KERNEL);
 		}
 		if (r)
 			return r;
-		if (e)
-			dedup_set_unverified(&q->index, e, t->unclean);
 	}
 	return 0;
 }
@@ -200,17 +212,13 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 {
 	struct qcow2dedup_table *t = &q->table;
 	u64 per = 1ULL << t->shape.ptr_bits, d, k;
-	struct xarray seen;
 	__be64 *root;
 	int r;
 
-	xa_init(&seen);
 	root = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
-	if (!root) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = read_table_cluster(q, &seen, t->info.root, root, why);
+	if (!root)
+		return -ENOMEM;
+	r = read_table_cluster(q, t->info.root, root, why);
 	if (!r)
 		r = qdt_check_pointers(q->geo, root, t->nr_dirs, why);
 	for (d = 0; !r && d < t->nr_dirs; d++) {
@@ -218,7 +226,7 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 
 		if (!off)
 			continue;
-		r = read_table_cluster(q, &seen, off, buf, why);
+		r = read_table_cluster(q, off, buf, why);
 		if (!r)
 			r = qdt_check_pointers(q->geo, buf, min(per, t->nr_leaves - d * per), why);
 		if (r)
@@ -230,28 +238,39 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 	for (k = 0; !r && k < t->nr_leaves; k++) {
 		if (!t->leaves[k])
 			continue;
-		r = read_table_cluster(q, &seen, t->leaves[k], buf, why);
+		r = read_table_cluster(q, t->leaves[k], buf, why);
 		if (!r)
 			r = load_leaf(q, k, buf, why);
 		cond_resched();
 	}
-	/* A table cluster must not also be mapped as guest data. */
-	if (!r) {
-		struct dedup_entry *e;
-		unsigned long c;
-
-		xa_for_each(&seen, c, e) {
-			if (dedup_find_host(&q->index, c)) {
-				*why = QDT_ERR_DUPLICATE;
-				r = -EINVAL;
-				break;
-			}
-		}
+	/* No table cluster may hold qcow2 metadata (guest data: see below). */
+	if (!r && qcow2_md_metadata_in(q->md, &t->seen)) {
+		*why = QDT_ERR_METADATA;
+		r = -EINVAL;
 	}
-out:
 	kvfree(root);
-	xa_destroy(&seen);
 	return r;
+}
+
+/* Is a table cluster also among the host clusters of this L2 entry? */
+static bool table_cluster_mapped(struct qcow2dedup *q, enum qcow2_cluster_type type,
+				 const struct qcow2_l2e_info *info)
+{
+	u64 start, len, c;
+
+	switch (type) {
+	case QCOW2_CLUSTER_NORMAL:
+	case QCOW2_CLUSTER_ZERO_ALLOC:
+		return xa_load(&q->table.seen, info->host_offset >> cbits(q));
+	case QCOW2_CLUSTER_COMPRESSED:
+		qcow2_compressed_range(q->geo, info->raw, &start, &len);
+		for (c = start >> cbits(q); c <= (start + len - 1) >> cbits(q); c++)
+			if (xa_load(&q->table.seen, c))
+				return true;
+		return false;
+	default:
+		return false;
+	}
 }
 
 /*
@@ -260,7 +279,7 @@ out:
  * preallocated-zero reference reaches them, as for clusters this target
  * indexes itself).
  */
-static int attach_referrers(struct qcow2dedup *q)
+static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 {
 	u64 gcs = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size), gc;
 	struct dedup_entry *e;
@@ -280,16 +299,27 @@ static int attach_referrers(struct qcow2dedup *q)
 		r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
 		if (r)
 			return r;
+		if (!(gc & 4095))
+			cond_resched();
+		if (table_cluster_mapped(q, type, &info)) {
+			*why = QDT_ERR_GUEST_DATA;
+			return -EINVAL;
+		}
 		if (type != QCOW2_CLUSTER_NORMAL)
 			continue;
 		e = dedup_find_host(&q->index, info.host_offset >> cbits(q));
 		if (!e)
 			continue;
-		r = dedup_add_ref(&q->index, e, gc, &first);
+		if (info.copied)
+			e->copied_ref = true;
+		r = dedup_add_ref(&q->index, e, gc, &first, GFP_KERNEL);
+		if (r == -ENOSPC) {
+			/* Referrers beyond the index limit: not kept. */
+			dedup_remove(&q->index, e);
+			continue;
+		}
 		if (r < 0)
 			return r;
-		if (!(gc & 4095))
-			cond_resched();
 	}
 	xa_for_each(&q->index.by_host, host, e) {
 		u64 rc;
@@ -297,14 +327,16 @@ static int attach_referrers(struct qcow2dedup *q)
 		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
 		if (r)
 			return r;
-		if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
+		if (e->nr_refs >= 2 && e->copied_ref)
+			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
+		else if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
 			q->table.loaded++;
 			continue;
 		}
 		q->table.dropped++;
 		dedup_remove(&q->index, e);
 	}
-	return q->index.clear_failed ? -ENOMEM : 0;
+	return 0;
 }
 
 /* Read the first cluster (header and extensions) through the metadata cache. */
@@ -371,22 +403,15 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	t->incomplete = t->info.flags & QDT_FLAG_INCOMPLETE;
 	r = load_tree(q, buf, &why);
 	if (!r)
-		r = attach_referrers(q);
+		r = attach_referrers(q, &why);
 	if (r)
 		goto unusable;
 	/*
-	 * Slots the index did not take: zeroed on disk now, since nothing
-	 * keeps map() away from their clusters.
+	 * Slots the index did not take are zeroed when the table is opened,
+	 * before map() may write into their clusters (qcow2dedup_table_open()).
 	 */
-	if (q->index.nr_clears) {
-		r = write_clears(q);
-		if (!r)
-			r = qcow2_md_flush(q->md);
-		if (r)
-			goto out;
-	}
 	if (t->unclean)
-		DMINFO("%s: dedup table after an unclean shutdown: %llu entries, verified first",
+		DMINFO("%s: dedup table after an unclean shutdown: %llu entries",
 		       qcow2dedup_dev_name(q), t->loaded);
 	goto out;
 unusable:
@@ -398,6 +423,7 @@ discard:
 	table_reset(q);
 	r = 0;
 out:
+	xa_destroy(&t->seen);
 	kvfree(buf);
 	return r;
 }
@@ -406,20 +432,17 @@ out:
 static int write_header(struct qcow2dedup *q, u32 flags, bool bit)
 {
 	struct qcow2dedup_table *t = &q->table;
+	void *old = t->hdr, *out = t->hdr + q->geo->cluster_size;
 	struct qcow2_header *h;
 	struct qdt_ext ext;
 	size_t end;
-	void *old, *out;
 	int r;
 
-	old = read_header_area(q);
-	if (IS_ERR(old))
-		return PTR_ERR(old);
-	out = kvzalloc(q->geo->cluster_size, GFP_NOIO);
-	if (!out) {
-		kvfree(old);
-		return -ENOMEM;
-	}
+	/* Buffers of the constructor: the header is written on the I/O path. */
+	r = qcow2_md_read_bytes(q->md, 0, old, q->geo->cluster_size);
+	if (r)
+		return r;
+	memset(out, 0, q->geo->cluster_size);
 	t->info.flags = flags;
 	t->info.entries = READ_ONCE(q->index.entries);
 	qdt_encode_ext(&t->info, &ext);
@@ -433,8 +456,6 @@ static int write_header(struct qcow2dedup *q, u32 flags, bool bit)
 				   &h->autoclear_features);
 		r = qcow2_md_write_header(q->md, out, end);
 	}
-	kvfree(out);
-	kvfree(old);
 	return r;
 }
 
@@ -507,7 +528,11 @@ int qcow2dedup_table_open(struct qcow2dedup *q)
 	if (r)
 		return r;
 	t->open = true;
-	return 0;
+	/*
+	 * Slots the load dropped go before any write can reach their
+	 * clusters: the caller enables map()'s in-place writes after this.
+	 */
+	return qcow2dedup_table_barrier(q);
 }
 
 /* Zero the slot of host cluster @host in its leaf's buffer. */
@@ -524,18 +549,33 @@ static int zero_slot(struct qcow2dedup *q, u64 host)
 				    zeros, QDT_SLOT_SIZE);
 }
 
-/* Put the recorded clears in the buffers. */
+/*
+ * Put the recorded clears in the buffers: slots of entries marked
+ * DEDUP_MARK_CLEAR, and slots the load dropped.  Only once the table is
+ * open: an activation that never writes changes nothing, and nothing can
+ * free or overwrite a cluster before the first write opens the table.
+ */
 static int write_clears(struct qcow2dedup *q)
 {
 	struct dedup_index *idx = &q->index;
+	bool enabled = q->table.enabled;
+	struct dedup_entry *e;
 	unsigned long host;
 	void *p;
 	int r;
 
-	if (idx->clear_failed)
-		return table_fail(q, "out of memory recording a slot to clear", -ENOMEM);
+	if (enabled && !q->table.open)
+		return 0;
+	xa_for_each_marked(&idx->by_host, host, e, DEDUP_MARK_CLEAR) {
+		if (enabled) {
+			r = zero_slot(q, host);
+			if (r)
+				return r;
+		}
+		dedup_clear_done(idx, e);
+	}
 	xa_for_each(&idx->clears, host, p) {
-		if (q->table.enabled) {
+		if (enabled) {
 			r = zero_slot(q, host);
 			if (r)
 				return r;
@@ -584,7 +624,7 @@ int qcow2dedup_table_barrier(struct qcow2dedup *q)
 {
 	int r;
 
-	if (!q->index.nr_clears && !q->index.clear_failed)
+	if (!q->index.nr_clears)
 		return 0;
 	r = write_clears(q);
 	return r ?: qcow2_md_flush(q->md);
@@ -597,6 +637,16 @@ static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
 	u64 dir = qdt_dir_of(&t->shape, leaf), off;
 	int r;
 
+	/*
+	 * Leaves are noted at index leaf + nr_dirs, directories below it; a
+	 * cluster is made only once it can be noted, or it would never be
+	 * linked in.
+	 */
+	r = xa_reserve(fresh, t->nr_dirs + leaf, TABLE_GFP);
+	if (!r && !t->dirs[dir])
+		r = xa_reserve(fresh, dir, TABLE_GFP);
+	if (r)
+		return r;
 	if (!t->dirs[dir]) {
 		r = qcow2dedup_alloc(q, &off);
 		if (!r)
@@ -605,7 +655,7 @@ static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
 			return r;
 		t->dirs[dir] = off;
 		t->clusters++;
-		xa_store(fresh, dir, xa_mk_value(1), GFP_NOIO);
+		xa_store(fresh, dir, xa_mk_value(1), TABLE_GFP);
 		xa_set_mark(fresh, dir, XA_MARK_1);
 	}
 	r = qcow2dedup_alloc(q, &off);
@@ -615,8 +665,7 @@ static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
 		return r;
 	t->leaves[leaf] = off;
 	t->clusters++;
-	/* Leaves are noted at index leaf + nr_dirs, directories below it. */
-	return xa_err(xa_store(fresh, t->nr_dirs + leaf, xa_mk_value(1), GFP_NOIO));
+	return xa_err(xa_store(fresh, t->nr_dirs + leaf, xa_mk_value(1), TABLE_GFP));
 }
 
 /* Link the leaves and directories made by this flush, leaves first. */
@@ -692,13 +741,14 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 
 		if (r || !t->enabled)
 			break;
-		if (e->state != DEDUP_READY)
+		/* The shape covers the device (qcow2dedup_table_init()). */
+		if (e->state != DEDUP_READY || WARN_ON_ONCE(leaf >= t->nr_leaves))
 			continue;
 		if (!t->leaves[leaf]) {
 			if (!durable)
 				continue;
 			r = new_leaf(q, leaf, &fresh);
-			if (r == -ENOSPC) {
+			if (r == -ENOSPC || r == -ENOMEM) {
 				/* Stays dirty; a later flush may find room. */
 				r = 0;
 				break;
@@ -819,7 +869,9 @@ int qcow2dedup_table_message_flush(struct qcow2dedup *q)
 	req = ++t->flush_req;
 	spin_unlock_irq(&q->lock);
 	qcow2dedup_wake(q);
-	wait_event(t->flush_wait, flush_served(q, req, &r));
+	/* A signal ends the wait; the flush itself still happens. */
+	if (wait_event_interruptible(t->flush_wait, flush_served(q, req, &r)))
+		return -EINTR;
 	return r;
 }
 

@@ -29,6 +29,12 @@
  * cluster has them (write_in_place()), and the cluster is re-indexed under
  * the new digest before the write starts.  Partial writes into a cluster of
  * refcount one go in place too, after unindexing it: they are not hashed.
+ *
+ * Memory.  Buffers and operations come from the target's mempools; a step
+ * that finds memory short changes nothing and returns -ENOMEM, and the
+ * operation waits in the worker's queues for qcow2dedup_retry_op()'s
+ * retry.  Running out of memory never fails a write nor changes the mode;
+ * where the index cannot grow, a cluster is simply not deduplicated.
  */
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
@@ -83,7 +89,7 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 		ti->error = "Cannot allocate hash workqueue";
 		return -ENOMEM;
 	}
-	/* Also for entries from a table a crash left open. */
+	/* For "verify" and for entries loaded from the table. */
 	q->vbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
 	if (!q->vbuf) {
 		ti->error = "Cannot allocate verify buffer";
@@ -141,44 +147,34 @@ static void hash_work(struct work_struct *ws)
  * @info: the old mapping.
  * @status: the bio's status on failure.
  *
- * Return: 0 if started, -EAGAIN if too many buffered writes are in flight,
- * another error with @status set.
+ * Return: 0 if started; -EAGAIN if too many buffered writes are in flight
+ * or -ENOMEM (try again later); another error with @status set.
  */
 int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 			    u64 in, u64 len, enum qcow2_cluster_type type,
 			    const struct qcow2_l2e_info *info, blk_status_t *status)
 {
 	u64 cs = q->geo->cluster_size;
-	unsigned int noio;
 	struct qcow2_op *op;
 
 	if (q->buffered_ops >= q->max_buffered_ops)
 		return -EAGAIN;
-	op = qcow2dedup_op_new(q, bio, gc);
-	if (!op) {
-		*status = BLK_STS_RESOURCE;
+	op = qcow2dedup_op_new(q, bio, gc, true);
+	if (!op)
 		return -ENOMEM;
-	}
-	noio = memalloc_noio_save();
-	op->buf = kvmalloc(cs, GFP_KERNEL);
-	memalloc_noio_restore(noio);
-	if (!op->buf) {
-		qcow2dedup_op_free(op);
-		*status = BLK_STS_RESOURCE;
-		return -ENOMEM;
-	}
 	op->dedup = true;
 	op->whole = !in && len == cs;
+	/* Busy before anything can wait: see start_op(). */
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	if (!op->whole) {
 		if (qcow2dedup_read_old(q, type, info, op->buf)) {
-			qcow2dedup_op_free(op);
+			rb_erase(&op->node, &q->busy);
+			qcow2dedup_op_free(q, op);
 			*status = BLK_STS_IOERR;
 			return -EIO;
 		}
 		qcow2dedup_copy_from_bio(q, bio, op->buf);
 	}
-	q->buffered_ops++;
-	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	INIT_WORK(&op->hash_work, hash_work);
 	queue_work(q->hash_wq, &op->hash_work);
 	return 0;
@@ -198,18 +194,16 @@ static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
 }
 
 /*
- * Zero @e's slot on disk while @e still keeps map() away from its cluster:
- * only then may the cluster change in place.
+ * The cluster @host is about to change in place: if its slot on disk still
+ * names contents, zero it now (a barrier), while its index entry (live or
+ * DEAD) still keeps map() away from the cluster.
  */
-static int unpersist(struct qcow2dedup *q, struct dedup_entry *e)
+static int slot_barrier(struct qcow2dedup *q, u64 host)
 {
 	int r;
 
-	if (!e->persisted)
+	if (!dedup_host_clearing(&q->index, host))
 		return 0;
-	r = dedup_forget_slot(&q->index, e);
-	if (r)
-		q->index.clear_failed = true;
 	r = qcow2dedup_table_barrier(q);
 	if (r)
 		qcow2dedup_metadata_error(q, "dedup table update", r);
@@ -228,19 +222,16 @@ static int unpersist(struct qcow2dedup *q, struct dedup_entry *e)
  */
 int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
 {
+	u64 host = host_off >> cluster_bits(q);
 	struct dedup_entry *e;
-	int r;
 
 	if (!q->dedup)
 		return 0;
-	e = dedup_find_host(&q->index, host_off >> cluster_bits(q));
-	/* READY or UNKEYED, one referrer: COPIED clusters are never WRITING. */
-	if (!e || e->state == DEDUP_WRITING)
-		return 0;
-	r = unpersist(q, e);
-	if (!r)
+	e = dedup_find_host(&q->index, host);
+	/* READY or UNKEYED: COPIED clusters are never WRITING. */
+	if (e && e->state != DEDUP_WRITING)
 		dedup_remove(&q->index, e);
-	return r;
+	return slot_barrier(q, host);
 }
 
 /**
@@ -282,17 +273,49 @@ static void finish_mapped_op(struct qcow2dedup *q, struct qcow2_op *op,
 }
 
 /*
+ * The bytes of @e's cluster (in q->vbuf) are not what its key says: a
+ * loaded slot that lied, or a collision of a weak hash.  Give the entry
+ * the digest of what the cluster really holds, or drop it.
+ */
+static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
+{
+	u8 digest[HASH_MAX_DIGESTSIZE];
+	struct dedup_entry *other;
+
+	if (crypto_shash_tfm_digest(q->tfm, q->vbuf, q->geo->cluster_size, digest)) {
+		dedup_remove(&q->index, e);
+		return;
+	}
+	other = dedup_find(&q->index, digest);
+	if (other == e) {
+		/* The key is right: a collision ("verify" with a weak hash). */
+		dedup_set_unverified(&q->index, e, false);
+		return;
+	}
+	if (!q->table_lie_logged) {
+		q->table_lie_logged = true;
+		DMWARN("%s: dedup table entry for host cluster %llu does not match the cluster: corrected",
+		       qcow2dedup_dev_name(q), e->host);
+	}
+	if (other || dedup_rekey(&q->index, e, digest))
+		dedup_remove(&q->index, e);
+}
+
+/*
  * May the cluster of READY entry @e take one more reference for content
- * @op->buf?  Not at the refcount ceiling; with verify, only if the bytes on
- * the device are the same (a digest is a hint, the bytes are the truth).
+ * @op->buf?  Not at the refcount ceiling (unless it is @op's own cluster
+ * already, @same); with verify, and for entries loaded from the table
+ * (hints, until compared once), only if the bytes on the device are the
+ * same: a digest is a hint, the bytes are the truth.  On false, @e may be
+ * gone.
  */
 static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
-		      struct dedup_entry *e)
+		      struct dedup_entry *e, bool same)
 {
 	u64 host_off = e->host << cluster_bits(q), rc;
 
-	if (qcow2_md_refcount(q->md, host_off, &rc) ||
-	    !dedup_below_ceiling(rc, q->geo->refcount_order))
+	if (!same && (qcow2_md_refcount(q->md, host_off, &rc) ||
+		      !dedup_below_ceiling(rc, q->geo->refcount_order)))
 		return false;
 	if (!q->opt.verify && !e->unverified)
 		return true;
@@ -301,26 +324,39 @@ static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 		return false;
 	if (memcmp(q->vbuf, op->buf, q->geo->cluster_size)) {
 		atomic64_inc(&q->verify_mismatches);
+		entry_lied(q, e);
 		return false;
 	}
 	dedup_set_unverified(&q->index, e, false);
 	return true;
 }
 
-/* Map guest cluster @op->guest_cluster to @e's cluster: no data write. */
-static blk_status_t share(struct qcow2dedup *q, struct qcow2_op *op,
-			  struct dedup_entry *e)
+/*
+ * Map guest cluster @op->guest_cluster to @e's cluster: no data write.
+ * Return: 0 (@op released), -ENOMEM (nothing changed: try again later) or
+ * -ENOSPC (the index cannot take one more referrer: nothing changed, write
+ * the cluster instead).
+ */
+static int share(struct qcow2dedup *q, struct qcow2_op *op, struct dedup_entry *e)
 {
 	u64 guest_off = op->guest_cluster << cluster_bits(q), first;
 	u64 host_off = e->host << cluster_bits(q);
 	int n, r;
 
 	r = qcow2dedup_prepare_write(q, guest_off);
-	if (r)
-		return qcow2dedup_alloc_error(q, r);
-	n = dedup_add_ref(&q->index, e, op->guest_cluster, &first);
+	/* Staging after the index changed must not fail for memory. */
+	if (!r)
+		r = qcow2_md_reserve_stage(q->md, guest_off);
+	if (r == -ENOMEM)
+		return r;
+	if (r) {
+		finish_mapped_op(q, op, qcow2dedup_alloc_error(q, r));
+		return 0;
+	}
+	n = dedup_add_ref(&q->index, e, op->guest_cluster, &first,
+			  GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN);
 	if (n < 0)
-		return BLK_STS_RESOURCE;
+		return -ENOSPC;
 	r = qcow2_md_share(q->md, host_off);
 	if (!r && n == 1)
 		r = qcow2_md_clear_copied(q->md, first << cluster_bits(q));
@@ -328,10 +364,12 @@ static blk_status_t share(struct qcow2dedup *q, struct qcow2_op *op,
 		r = qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL, host_off, false);
 	if (r) {
 		qcow2dedup_metadata_error(q, "update", r);
-		return BLK_STS_IOERR;
+		finish_mapped_op(q, op, BLK_STS_IOERR);
+		return 0;
 	}
 	atomic64_inc(&q->dedup_hits);
-	return BLK_STS_OK;
+	finish_mapped_op(q, op, BLK_STS_OK);
+	return 0;
 }
 
 /* Write @op->buf to @op->host_off; qcow2dedup_hashed_done() follows. */
@@ -368,50 +406,47 @@ static int write_new(struct qcow2dedup *q, struct qcow2_op *op, bool index,
 
 /*
  * New contents for a cluster of refcount one, written in place as QEMU
- * would.  An indexed cluster is re-indexed under the new digest, its entry
+ * would.  An indexed cluster is re-keyed under the new digest, its entry
  * never leaving the xarray: no write into it can be in flight, since map()
  * leaves indexed clusters to the worker, which unindexes a cluster before a
  * partial write goes in place.  An unindexed one may have such writes in
  * flight, so it stays unindexed: a digest of it could not be trusted.
+ * Its slot in the table on disk goes before the new bytes arrive: writes
+ * that need that wait for the one barrier of this pass of the worker
+ * (qcow2dedup_barrier_done()), the entry keeping map() away meanwhile.
+ *
+ * Return: 0 if @op is on its way, or the error of a new cluster's
+ * allocation when the cluster cannot be written in place (@op is still
+ * the caller's).
  */
-static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
-			   u64 host_off, bool index)
+static int write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
+			  u64 host_off, bool index)
 {
-	struct dedup_entry *old = dedup_find_host(&q->index, host_off >> cluster_bits(q));
+	u64 host = host_off >> cluster_bits(q);
+	struct dedup_entry *old = dedup_find_host(&q->index, host);
 
 	/*
-	 * Its slot in the table on disk goes before the new bytes arrive.  A
-	 * re-keyed entry keeps map() and other writes of either content away
-	 * from the cluster, so the write can wait for the one barrier of this
-	 * pass of the worker (qcow2dedup_barrier_done()).
+	 * COPIED on a cluster that other guest clusters reference: a corrupt
+	 * image (the load and the rebuild leave such clusters unindexed).
+	 * Never in place: the others would change too.
 	 */
-	if (old && old->persisted && index) {
-		if (dedup_forget_slot(&q->index, old))
-			q->index.clear_failed = true;
-		if (!dedup_rekey_writing(&q->index, old, op->digest)) {
-			op->entry = old;
-			op->host_off = host_off;
-			op->in_place = true;
-			list_add_tail(&op->list, &q->barrier_wait);
-			return;
-		}
-		old = NULL;	/* a bug: the entry is gone, fall back to a barrier now */
-		if (qcow2dedup_table_barrier(q)) {
-			qcow2dedup_op_release(q, op, BLK_STS_IOERR);
-			return;
-		}
-	}
-	if (old && unpersist(q, old)) {
-		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
-		return;
-	}
-	if (old && index && !dedup_rekey_writing(&q->index, old, op->digest))
-		op->entry = old;
-	else if (old && !index)
-		dedup_remove(&q->index, old);
+	if (old && old->nr_refs != 1)
+		return write_new(q, op, false, true);
 	op->host_off = host_off;
 	op->in_place = true;
-	submit_data(q, op, false);
+	if (old && index) {
+		if (!dedup_rekey_writing(&q->index, old, op->digest))
+			op->entry = old;
+		/* else -EEXIST, a caller bug: the cluster stays unindexed. */
+	} else if (old) {
+		dedup_remove(&q->index, old);
+	}
+	if (dedup_host_clearing(&q->index, host)) {
+		list_add_tail(&op->list, &q->barrier_wait);
+		return 0;
+	}
+	qcow2dedup_write_buffer(q, op);
+	return 0;
 }
 
 /*
@@ -420,21 +455,19 @@ static void write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
  * before this activation, or by a partial write since): to a new, indexed
  * cluster, the old one freed at the commit, so that identical writes can
  * share it; in place, unindexed, only when the device is full.
+ * Return: as write_in_place().
  */
-static void write_over_copied(struct qcow2dedup *q, struct qcow2_op *op,
-			      u64 host_off, bool index)
+static int write_over_copied(struct qcow2dedup *q, struct qcow2_op *op,
+			     u64 host_off, bool index)
 {
 	int r;
 
-	if (dedup_host_indexed(&q->index, host_off >> cluster_bits(q))) {
-		write_in_place(q, op, host_off, index);
-		return;
-	}
+	if (dedup_find_host(&q->index, host_off >> cluster_bits(q)))
+		return write_in_place(q, op, host_off, index);
 	r = write_new(q, op, index, false);
 	if (r == -ENOSPC)
-		write_in_place(q, op, host_off, false);
-	else if (r)
-		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
+		r = write_in_place(q, op, host_off, false);
+	return r;
 }
 
 /**
@@ -458,9 +491,11 @@ void qcow2dedup_barrier_done(struct qcow2dedup *q)
 	list_for_each_entry_safe(op, tmp, &ops, list) {
 		list_del_init(&op->list);
 		if (r) {
-			requeue_waiters(q, op->entry);
-			dedup_remove(&q->index, op->entry);
-			op->entry = NULL;
+			if (op->entry) {
+				requeue_waiters(q, op->entry);
+				dedup_remove(&q->index, op->entry);
+				op->entry = NULL;
+			}
 			qcow2dedup_op_release(q, op, BLK_STS_IOERR);
 			continue;
 		}
@@ -468,78 +503,100 @@ void qcow2dedup_barrier_done(struct qcow2dedup *q)
 	}
 }
 
-/**
- * qcow2dedup_decide() - worker: where the hashed contents of @op go.
- * @q: target.
- * @op: an operation whose digest (or zero test) is ready.
+/*
+ * All zeros: a zero entry (v3), or unallocated on v2 (no backing file).
+ * Return: 0 (@op released) or -ENOMEM.
  */
-void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
+static int write_zero(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	u64 guest_off = op->guest_cluster << cluster_bits(q);
+	int r;
+
+	r = qcow2dedup_prepare_write(q, guest_off);
+	if (!r)
+		r = qcow2dedup_stage(q, guest_off, q->geo->version >= 3 ?
+				     QCOW2_CLUSTER_ZERO_PLAIN : QCOW2_CLUSTER_UNALLOCATED,
+				     0, false);
+	if (r == -ENOMEM)
+		return r;
+	if (r) {
+		finish_mapped_op(q, op, qcow2dedup_alloc_error(q, r));
+		return 0;
+	}
+	atomic64_inc(&q->zero_clusters);
+	finish_mapped_op(q, op, BLK_STS_OK);
+	return 0;
+}
+
+/* Where the hashed contents of @op go.  Return: 0 or -ENOMEM. */
+static int decide(struct qcow2dedup *q, struct qcow2_op *op)
 {
 	u64 guest_off = op->guest_cluster << cluster_bits(q);
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
 	struct dedup_entry *e;
-	blk_status_t status;
-	bool pending;
+	bool pending, same;
 	int r;
 
 	if (op->status || READ_ONCE(q->mode) != MODE_WRITE) {
 		qcow2dedup_op_release(q, op, op->status ?: BLK_STS_IOERR);
-		return;
+		return 0;
 	}
 	r = qcow2_md_lookup(q->md, guest_off, true, &type, &info, &pending);
 	if (r) {
 		qcow2dedup_metadata_error(q, "read", r);
 		qcow2dedup_op_release(q, op, BLK_STS_IOERR);
-		return;
+		return 0;
 	}
-
-	if (op->zero) {
-		/* v3: the zero flag; v2 has none, but no backing file either. */
-		r = qcow2dedup_prepare_write(q, guest_off);
-		if (r) {
-			qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
-			return;
-		}
-		r = qcow2dedup_stage(q, guest_off, q->geo->version >= 3 ?
-				     QCOW2_CLUSTER_ZERO_PLAIN : QCOW2_CLUSTER_UNALLOCATED,
-				     0, false);
-		if (r)
-			qcow2dedup_metadata_error(q, "update", r);
-		else
-			atomic64_inc(&q->zero_clusters);
-		finish_mapped_op(q, op, r ? BLK_STS_IOERR : BLK_STS_OK);
-		return;
-	}
+	if (op->zero)
+		return write_zero(q, op);
 
 	e = dedup_find(&q->index, op->digest);
 	if (e && e->state == DEDUP_WRITING) {
 		/* The per-digest lock: wait for the first writer. */
 		list_add_tail(&op->list, &e->waiters);
-		return;
+		return 0;
 	}
-	if (e && type == QCOW2_CLUSTER_NORMAL &&
-	    info.host_offset >> cluster_bits(q) == e->host &&
-	    ((!q->opt.verify && !e->unverified) || may_share(q, op, e))) {
-		/* The same contents again: nothing changes. */
-		atomic64_inc(&q->dedup_hits);
-		finish_mapped_op(q, op, BLK_STS_OK);
-		return;
+	if (e) {
+		same = type == QCOW2_CLUSTER_NORMAL &&
+		       info.host_offset >> cluster_bits(q) == e->host;
+		if (may_share(q, op, e, same)) {
+			if (same) {
+				/* The same contents again: nothing changes. */
+				atomic64_inc(&q->dedup_hits);
+				finish_mapped_op(q, op, BLK_STS_OK);
+				return 0;
+			}
+			r = share(q, op, e);
+			if (r != -ENOSPC)
+				return r;
+		}
+		/* Not shared: written unindexed, the digest is taken. */
 	}
-	if (e && may_share(q, op, e)) {
-		status = share(q, op, e);
-		finish_mapped_op(q, op, status);
-		return;
-	}
-	if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
-		write_over_copied(q, op, info.host_offset, !e);
-		return;
-	}
-	/* Replacing a cluster shared with a snapshot, or a compressed one. */
-	r = write_new(q, op, !e, (type == QCOW2_CLUSTER_NORMAL && !info.copied) ||
-		      type == QCOW2_CLUSTER_COMPRESSED);
+	if (type == QCOW2_CLUSTER_NORMAL && info.copied)
+		r = write_over_copied(q, op, info.host_offset, !e);
+	else
+		/* Replacing a cluster shared with a snapshot, or a compressed one. */
+		r = write_new(q, op, !e, (type == QCOW2_CLUSTER_NORMAL && !info.copied) ||
+			      type == QCOW2_CLUSTER_COMPRESSED);
+	if (r == -ENOMEM)
+		return r;
 	if (r)
 		qcow2dedup_op_release(q, op, qcow2dedup_alloc_error(q, r));
+	return 0;
+}
+
+/**
+ * qcow2dedup_decide() - worker: where the hashed contents of @op go.
+ * @q: target.
+ * @op: an operation whose digest (or zero test) is ready.
+ *
+ * Memory short: nothing changed, @op waits for the retry.
+ */
+void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	if (decide(q, op) == -ENOMEM)
+		qcow2dedup_retry_op(q, op, &q->hashed);
 }
 
 /**
@@ -558,8 +615,10 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 		status = BLK_STS_IOERR;
 	if (status) {
 		/* A cluster written in place stays mapped: keep it. */
-		if (!op->in_place)
-			qcow2_md_release(q->md, op->host_off);
+		if (!op->in_place && qcow2_md_release(q->md, op->host_off) == -ENOMEM) {
+			qcow2dedup_retry_op(q, op, &q->completed);
+			return;
+		}
 		if (e) {
 			requeue_waiters(q, e);
 			dedup_remove(&q->index, e);
@@ -569,6 +628,10 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 	}
 	r = op->in_place ? 0 : qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
 						op->host_off, true);
+	if (r == -ENOMEM) {
+		qcow2dedup_retry_op(q, op, &q->completed);
+		return;
+	}
 	if (r) {
 		qcow2dedup_metadata_error(q, "update", r);
 		status = BLK_STS_IOERR;
@@ -581,6 +644,23 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 			dedup_remove(&q->index, e);
 	}
 	finish_mapped_op(q, op, status);
+}
+
+/**
+ * qcow2dedup_shared_copied() - the table load or the rebuild found COPIED
+ *	on one of several references to a host cluster: the image is corrupt
+ *	(QEMU's check reports it); the cluster is not shared.  Logged once.
+ * @q: target.
+ * @host: host cluster index.
+ * @refs: its references in the active L1.
+ */
+void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs)
+{
+	if (q->shared_copied_logged)
+		return;
+	q->shared_copied_logged = true;
+	DMWARN("%s: host cluster %llu has %u references and COPIED set on one: corrupt image, not deduplicated (run qemu-img check -r all)",
+	       qcow2dedup_dev_name(q), host, refs);
 }
 
 /**
@@ -609,6 +689,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("index_bytes %llu\n", dedup_index_bytes(idx));
 	DMEMIT("index_entry_bytes %zu\n", dedup_entry_bytes());
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
+	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
 	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));
 	DMEMIT("table_off %s\n", q->table.enabled ? "-" : q->table.off_reason ?: "-");

@@ -466,8 +466,9 @@ int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 /*
  * Start writing guest cluster @gc (the range [@in, @in + @len) of which
  * comes from @bio, or zeros if @zeroes) to a new host cluster.  The old
- * mapping is @type/@info.  Return: 0 if started, -EAGAIN if too many
- * buffered writes are in flight, or a block status error in @*status.
+ * mapping is @type/@info.  Return: 0 if started; -EAGAIN if too many
+ * operations are in flight, -ENOMEM if memory is short (nothing changed:
+ * try again later); or -EIO with a block status in @*status.
  */
 static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		    u64 len, bool zeroes, enum qcow2_cluster_type type,
@@ -475,26 +476,21 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 {
 	u64 cs = q->geo->cluster_size, guest_off = gc << q->geo->cluster_bits;
 	bool whole = !zeroes && !in && len == cs;
-	unsigned int noio;
 	struct qcow2_op *op;
 	int r;
 
 	if (!whole && q->buffered_ops >= q->max_buffered_ops)
 		return -EAGAIN;
-	op = qcow2dedup_op_new(q, bio, gc);
-	if (!op) {
-		*status = BLK_STS_RESOURCE;
-		return -ENOMEM;
-	}
+	op = qcow2dedup_op_new(q, bio, gc, !whole);
+	if (!op)
+		return whole ? -EAGAIN : -ENOMEM;
+	/*
+	 * Busy from now on: a commit on the way (no free cluster) must not
+	 * give the old cluster its COPIED back under this operation, or a
+	 * partial write sent in place meanwhile would be lost.
+	 */
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	if (!whole) {
-		noio = memalloc_noio_save();
-		op->buf = kvmalloc(cs, GFP_KERNEL);
-		memalloc_noio_restore(noio);
-		if (!op->buf) {
-			kmem_cache_free(op_cache, op);
-			*status = BLK_STS_RESOURCE;
-			return -ENOMEM;
-		}
 		r = qcow2dedup_read_old(q, type, info, op->buf);
 		if (r) {
 			*status = BLK_STS_IOERR;
@@ -509,6 +505,10 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	r = qcow2dedup_prepare_write(q, guest_off);
 	if (!r)
 		r = qcow2dedup_alloc(q, &op->host_off);
+	if (r == -ENOMEM) {
+		qcow2dedup_wait_memory(q);
+		goto bad;
+	}
 	if (r) {
 		*status = qcow2dedup_alloc_error(q, r);
 		goto bad;
@@ -516,7 +516,6 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	atomic64_inc(&q->clusters_allocated);
 	if (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED)
 		atomic64_inc(&q->cow_copies);
-	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 
 	if (whole) {
 		struct bio *clone = bio_alloc_clone(q->dev->bdev, bio, GFP_NOIO, &q->bs);
@@ -527,13 +526,13 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		clone->bi_private = op;
 		submit_bio_noacct(clone);
 	} else {
-		q->buffered_ops++;
 		qcow2dedup_write_buffer(q, op);
 	}
 	return 0;
 bad:
-	qcow2dedup_op_free(op);
-	return -EIO;
+	rb_erase(&op->node, &q->busy);
+	qcow2dedup_op_free(q, op);
+	return r == -ENOMEM ? r : -EIO;
 }
 
 /**
@@ -571,10 +570,6 @@ void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 	unsigned long flags;
 
 	rb_erase(&op->node, &q->busy);
-	if (op->buf) {
-		q->buffered_ops--;
-		kvfree(op->buf);
-	}
 	if (bio_op(op->bio) == REQ_OP_WRITE_ZEROES) {
 		piece_done(op->bio, status);
 	} else if (status) {
@@ -592,7 +587,32 @@ void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 		bio_list_merge_head(&q->deferred, &op->waiters);
 		spin_unlock_irqrestore(&q->lock, flags);
 	}
-	kmem_cache_free(op_cache, op);
+	qcow2dedup_op_free(q, op);
+}
+
+/*
+ * A cluster buffer: the mempool's own allocation first (no reclaim), then
+ * its reserve, then the page allocator with reclaim but no I/O.  Never
+ * vmalloc, never a wait for the pool: a NULL means "try again later".
+ */
+static void *buf_alloc(struct qcow2dedup *q)
+{
+	struct page *page;
+
+	if (q->buf_order < 0)
+		return mempool_alloc(&q->buf_pool, GFP_NOWAIT | __GFP_NOWARN);
+	page = mempool_alloc(&q->buf_pool, GFP_NOWAIT | __GFP_NOWARN);
+	if (!page)
+		page = alloc_pages(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN, q->buf_order);
+	return page ? page_address(page) : NULL;
+}
+
+static void buf_free(struct qcow2dedup *q, void *buf)
+{
+	if (q->buf_order < 0)
+		mempool_free(buf, &q->buf_pool);
+	else
+		mempool_free(virt_to_page(buf), &q->buf_pool);
 }
 
 /**
@@ -600,15 +620,36 @@ void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
  * @q: target.
  * @bio: the bio.
  * @gc: guest cluster index.
+ * @buffered: with a cluster buffer in @op->buf.
  *
- * Return: the operation, not yet in @q->busy, or NULL (no memory).
+ * Operations in flight are bounded by the size of the operation pool (and
+ * buffered ones by max_buffered_ops), so the pool's reserve never runs dry.
+ * Return: the operation, not yet in @q->busy, or NULL: too many in flight,
+ * or memory short (q->mem_waits counts it and a retry is scheduled).
  */
-struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc)
+struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc,
+				   bool buffered)
 {
-	struct qcow2_op *op = kmem_cache_zalloc(op_cache, GFP_NOIO);
+	struct qcow2_op *op;
 
-	if (!op)
+	if (q->nr_ops >= q->max_ops)
 		return NULL;
+	op = mempool_alloc(&q->op_pool, GFP_NOWAIT | __GFP_NOWARN);
+	if (!op) {
+		qcow2dedup_wait_memory(q);
+		return NULL;
+	}
+	memset(op, 0, sizeof(*op));
+	if (buffered) {
+		op->buf = buf_alloc(q);
+		if (!op->buf) {
+			mempool_free(op, &q->op_pool);
+			qcow2dedup_wait_memory(q);
+			return NULL;
+		}
+		q->buffered_ops++;
+	}
+	q->nr_ops++;
 	op->q = q;
 	op->guest_cluster = gc;
 	op->bio = bio;
@@ -616,10 +657,47 @@ struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc
 	return op;
 }
 
-void qcow2dedup_op_free(struct qcow2_op *op)
+void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op)
 {
-	kvfree(op->buf);
-	kmem_cache_free(op_cache, op);
+	if (op->buf) {
+		buf_free(q, op->buf);
+		q->buffered_ops--;
+	}
+	q->nr_ops--;
+	mempool_free(op, &q->op_pool);
+}
+
+/**
+ * qcow2dedup_wait_memory() - memory ran short: wake the worker again in a
+ *	moment, whatever else happens meanwhile.
+ * @q: target.
+ */
+void qcow2dedup_wait_memory(struct qcow2dedup *q)
+{
+	atomic64_inc(&q->mem_waits);
+	queue_delayed_work(q->wq, &q->retry, MEMORY_RETRY_DELAY);
+}
+
+/**
+ * qcow2dedup_retry_op() - worker: @op could not go on for want of memory
+ *	and changed nothing: put it back on @list (q->completed or q->hashed)
+ *	for a later pass.
+ * @q: target.
+ * @op: the operation.
+ * @list: where the worker will find it again.
+ */
+void qcow2dedup_retry_op(struct qcow2dedup *q, struct qcow2_op *op,
+			 struct list_head *list)
+{
+	spin_lock_irq(&q->lock);
+	list_add_tail(&op->list, list);
+	spin_unlock_irq(&q->lock);
+	qcow2dedup_wait_memory(q);
+}
+
+static void do_retry(struct work_struct *ws)
+{
+	qcow2dedup_wake(container_of(to_delayed_work(ws), struct qcow2dedup, retry));
 }
 
 /* The data write of @op is done: stage the new mapping, then release it. */
@@ -633,17 +711,18 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 		qcow2dedup_hashed_done(q, op);
 		return;
 	}
-	if (status) {
-		qcow2_md_release(q->md, op->host_off);
-	} else if (READ_ONCE(q->mode) != MODE_WRITE) {
+	if (!status && READ_ONCE(q->mode) != MODE_WRITE)
 		status = BLK_STS_IOERR;
-	} else {
-		r = qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
-				     op->host_off, true);
-		if (r) {
-			qcow2dedup_metadata_error(q, "update", r);
-			status = BLK_STS_IOERR;
-		}
+	r = status ? qcow2_md_release(q->md, op->host_off) :
+		     qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
+				      op->host_off, true);
+	if (r == -ENOMEM) {
+		qcow2dedup_retry_op(q, op, &q->completed);
+		return;
+	}
+	if (r && !status) {
+		qcow2dedup_metadata_error(q, "update", r);
+		status = BLK_STS_IOERR;
 	}
 	qcow2dedup_op_release(q, op, status);
 }
@@ -661,6 +740,10 @@ int qcow2dedup_before_first_write(struct qcow2dedup *q)
 	r = qcow2dedup_table_open(q);
 	if (!r && !q->table.open)
 		r = qcow2_md_clear_autoclear(q->md);
+	if (r == -ENOMEM) {
+		qcow2dedup_wait_memory(q);
+		return r;
+	}
 	if (r) {
 		qcow2dedup_metadata_error(q, "header update", r);
 		return r;
@@ -681,7 +764,12 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	bool pending;
 	int idx, r;
 
-	if (READ_ONCE(q->mode) != MODE_WRITE || qcow2dedup_before_first_write(q))
+	if (READ_ONCE(q->mode) != MODE_WRITE)
+		goto fail;
+	r = qcow2dedup_before_first_write(q);
+	if (r == -ENOMEM)
+		return -EAGAIN;
+	if (r)
 		goto fail;
 	op = busy_find(q, gc);
 	if (op) {
@@ -728,8 +816,8 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	else
 		r = start_op(q, bio, gc, in, bio->bi_iter.bi_size, false, type,
 			     &info, &status);
-	if (r == -EAGAIN)
-		return r;
+	if (r == -EAGAIN || r == -ENOMEM)
+		return -EAGAIN;
 	if (r)
 		goto fail;
 	return 0;
@@ -739,17 +827,34 @@ fail:
 	return 0;
 }
 
-/*
- * Worker: discard or write-zeroes, any range.  Whole clusters are
- * deallocated (write-zeroes on v3: the zero flag); the parts of clusters at
- * the ends are left alone by discard and written with zeros by write-zeroes.
- * A busy cluster in the range parks the whole bio, which is safe to redo.
- */
-static int process_discard(struct qcow2dedup *q, struct bio *bio)
+/* The first operation in flight on a guest cluster in [@first, @last]. */
+static struct qcow2_op *busy_in_range(struct qcow2dedup *q, u64 first, u64 last)
 {
-	bool zeroes = bio_op(bio) == REQ_OP_WRITE_ZEROES;
-	u64 cs = q->geo->cluster_size, start = guest_offset(q, bio);
-	u64 end = start + bio->bi_iter.bi_size, off, gc;
+	struct rb_node *n = q->busy.rb_node;
+	struct qcow2_op *found = NULL;
+
+	while (n) {
+		struct qcow2_op *op = rb_entry(n, struct qcow2_op, node);
+
+		if (op->guest_cluster < first) {
+			n = n->rb_right;
+		} else {
+			found = op;
+			n = n->rb_left;
+		}
+	}
+	return found && found->guest_cluster <= last ? found : NULL;
+}
+
+/*
+ * One cluster's part [@off, @off + @len) of a discard or write-zeroes.
+ * Return: 0, -EAGAIN (nothing changed: try again later) or an error with
+ * the bio's piece status set.
+ */
+static int discard_piece(struct qcow2dedup *q, struct bio *bio, u64 off, u64 len,
+			 bool zeroes)
+{
+	u64 cs = q->geo->cluster_size, in = off & (cs - 1);
 	enum qcow2_cluster_type type, deallocated;
 	struct qcow2_bio *p = pb(bio);
 	struct qcow2_l2e_info info;
@@ -757,72 +862,136 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 	bool pending;
 	int r;
 
-	if (READ_ONCE(q->mode) != MODE_WRITE || qcow2dedup_before_first_write(q)) {
-		bio_io_error(bio);
-		return 0;
-	}
-	for (gc = start >> q->geo->cluster_bits; gc << q->geo->cluster_bits < end; gc++) {
-		struct qcow2_op *op = busy_find(q, gc);
-
-		if (op) {
-			bio_list_add(&op->waiters, bio);
-			return 0;
-		}
-	}
-
 	deallocated = zeroes && q->geo->version >= 3 ? QCOW2_CLUSTER_ZERO_PLAIN :
 						       QCOW2_CLUSTER_UNALLOCATED;
-	atomic_set(&p->remaining, 1);
-	p->status = BLK_STS_OK;
-	for (off = start; off < end; off = round_down(off, cs) + cs) {
-		u64 in = off & (cs - 1), len = min(cs - in, end - off);
-
-		r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
-		if (r) {
-			qcow2dedup_metadata_error(q, "read", r);
+	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
+	if (r) {
+		qcow2dedup_metadata_error(q, "read", r);
+		p->status = BLK_STS_IOERR;
+		return r;
+	}
+	if (type == QCOW2_CLUSTER_UNALLOCATED || type == QCOW2_CLUSTER_ZERO_PLAIN ||
+	    (zeroes && len < cs && type == QCOW2_CLUSTER_ZERO_ALLOC))
+		return 0;
+	if (type == QCOW2_CLUSTER_INVALID) {
+		p->status = BLK_STS_IOERR;
+		return 0;
+	}
+	if (len == cs) {
+		r = qcow2_md_prepare_write(q->md, off);
+		if (!r)
+			r = qcow2dedup_stage(q, off, deallocated, 0, false);
+		if (r == -ENOMEM) {
+			qcow2dedup_wait_memory(q);
+			return -EAGAIN;
+		}
+		if (r)
+			p->status = qcow2dedup_alloc_error(q, r);
+		return r;
+	}
+	if (!zeroes)
+		return 0;
+	if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
+		/* Synchronous in place: the worker owns the cluster here. */
+		r = qcow2dedup_forget_host(q, info.host_offset);
+		if (!r)
+			r = blkdev_issue_zeroout(q->dev->bdev,
+						 (info.host_offset + in) >> SECTOR_SHIFT,
+						 len >> SECTOR_SHIFT, GFP_NOIO,
+						 BLKDEV_ZERO_NOUNMAP);
+		if (r)
 			p->status = BLK_STS_IOERR;
+		return 0;
+	}
+	/* A new cluster with the old contents and zeros: a piece of its own. */
+	status = BLK_STS_IOERR;
+	atomic_inc(&p->remaining);
+	r = start_op(q, bio, off >> q->geo->cluster_bits, in, len, true, type,
+		     &info, &status);
+	if (r == -EAGAIN || r == -ENOMEM) {
+		atomic_dec(&p->remaining);
+		return -EAGAIN;
+	}
+	if (r)
+		piece_done(bio, status);
+	return 0;
+}
+
+/*
+ * Worker: discard or write-zeroes, any range.  Whole clusters are
+ * deallocated (write-zeroes on v3: the zero flag); the parts of clusters at
+ * the ends are left alone by discard and written with zeros by write-zeroes.
+ *
+ * A long range is done a slice at a time (DISCARD_PER_PASS clusters), the
+ * bio going back to the end of the queue in between, and so is one that
+ * meets a cluster in flight (parked on it) or that must wait for memory:
+ * pb(bio)->next says where it goes on, and every piece before it is done
+ * or in flight, counted in pb(bio)->remaining.  The bio completes when the
+ * last piece does.
+ * Return: 0, or -EAGAIN to be tried again later (the bio is kept).
+ */
+static int process_discard(struct qcow2dedup *q, struct bio *bio)
+{
+	bool zeroes = bio_op(bio) == REQ_OP_WRITE_ZEROES;
+	u64 cs = q->geo->cluster_size, start = guest_offset(q, bio);
+	u64 end = start + bio->bi_iter.bi_size, off;
+	unsigned int budget = DISCARD_PER_PASS;
+	struct qcow2_bio *p = pb(bio);
+	struct qcow2_op *op;
+	unsigned long flags;
+	int r;
+
+	if (!p->started) {
+		if (READ_ONCE(q->mode) != MODE_WRITE) {
+			bio_io_error(bio);
+			return 0;
+		}
+		r = qcow2dedup_before_first_write(q);
+		if (r == -ENOMEM)
+			return -EAGAIN;
+		if (r) {
+			bio_io_error(bio);
+			return 0;
+		}
+		p->started = true;
+		p->next = start;
+		p->status = BLK_STS_OK;
+		atomic_set(&p->remaining, 1);
+	}
+	op = busy_in_range(q, p->next >> q->geo->cluster_bits,
+			   (end - 1) >> q->geo->cluster_bits);
+	if (op) {
+		bio_list_add(&op->waiters, bio);
+		return 0;
+	}
+	for (off = p->next; off < end && budget; budget--) {
+		u64 len = min(cs - (off & (cs - 1)), end - off);
+
+		if (READ_ONCE(q->mode) != MODE_WRITE) {
+			p->status = BLK_STS_IOERR;
+			off = end;
 			break;
 		}
-		if (type == QCOW2_CLUSTER_UNALLOCATED || type == QCOW2_CLUSTER_ZERO_PLAIN ||
-		    (zeroes && len < cs && type == QCOW2_CLUSTER_ZERO_ALLOC))
-			continue;
-		if (type == QCOW2_CLUSTER_INVALID) {
-			p->status = BLK_STS_IOERR;
-			continue;
+		r = discard_piece(q, bio, off, len, zeroes);
+		if (r == -EAGAIN) {
+			p->next = off;
+			return -EAGAIN;
 		}
-		if (len == cs) {
-			r = qcow2_md_prepare_write(q->md, off);
-			if (!r)
-				r = qcow2dedup_stage(q, off, deallocated, 0, false);
-			if (r) {
-				p->status = qcow2dedup_alloc_error(q, r);
-				break;
-			}
-			continue;
+		if (r) {
+			off = end;
+			break;
 		}
-		if (!zeroes)
-			continue;
-		if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
-			/* Synchronous in place: the worker owns the cluster here. */
-			r = qcow2dedup_forget_host(q, info.host_offset);
-			if (!r)
-				r = blkdev_issue_zeroout(q->dev->bdev,
-							 (info.host_offset + in) >> SECTOR_SHIFT,
-							 len >> SECTOR_SHIFT, GFP_NOIO,
-							 BLKDEV_ZERO_NOUNMAP);
-			if (r)
-				p->status = BLK_STS_IOERR;
-			continue;
-		}
-		atomic_inc(&p->remaining);
-		status = BLK_STS_IOERR;
-		/* Buffered writes beyond the limit are fine here: few and small. */
-		q->max_buffered_ops++;
-		r = start_op(q, bio, off >> q->geo->cluster_bits, in, len, true,
-			     type, &info, &status);
-		q->max_buffered_ops--;
-		if (r)
-			piece_done(bio, status);
+		off += len;
+		cond_resched();
+	}
+	p->next = off;
+	if (off < end) {
+		/* Let other bios go between the slices of a long range. */
+		spin_lock_irqsave(&q->lock, flags);
+		bio_list_add(&q->deferred, bio);
+		spin_unlock_irqrestore(&q->lock, flags);
+		qcow2dedup_wake(q);
+		return 0;
 	}
 	piece_done(bio, BLK_STS_OK);
 	return 0;
@@ -860,6 +1029,7 @@ static void do_worker(struct work_struct *ws)
 {
 	struct qcow2dedup *q = container_of(ws, struct qcow2dedup, worker);
 	struct bio_list bios = BIO_EMPTY_LIST, flushes = BIO_EMPTY_LIST;
+	struct bio_list held = BIO_EMPTY_LIST;
 	struct qcow2_op *op, *tmp;
 	LIST_HEAD(completed);
 	LIST_HEAD(hashed);
@@ -888,26 +1058,27 @@ static void do_worker(struct work_struct *ws)
 	while ((bio = bio_list_pop(&bios))) {
 		int r = 0;
 
-		switch (bio_op(bio)) {
-		case REQ_OP_READ:
+		if (bio_op(bio) == REQ_OP_READ) {
 			finish_mapped(bio, map_read(q, bio, true));
-			break;
-		case REQ_OP_WRITE:
-			r = process_write(q, bio);
-			break;
-		default:
-			r = process_discard(q, bio);
-			break;
-		}
-		if (r == -EAGAIN) {
-			/* Throttled: keep this and the rest, in order, for later. */
-			bio_list_add_head(&bios, bio);
-			spin_lock_irq(&q->lock);
-			bio_list_merge_head(&q->deferred, &bios);
-			spin_unlock_irq(&q->lock);
-			break;
+		} else if (!bio_list_empty(&held)) {
+			/* Writes stay in their order behind a held one. */
+			bio_list_add(&held, bio);
+		} else {
+			r = bio_op(bio) == REQ_OP_WRITE ? process_write(q, bio) :
+							  process_discard(q, bio);
+			/*
+			 * Throttled, or memory short: keep this write and the
+			 * later ones, in order, for a later pass; reads go on.
+			 */
+			if (r == -EAGAIN)
+				bio_list_add(&held, bio);
 		}
 		cond_resched();
+	}
+	if (!bio_list_empty(&held)) {
+		spin_lock_irq(&q->lock);
+		bio_list_merge_head(&q->deferred, &held);
+		spin_unlock_irq(&q->lock);
 	}
 
 	if (!bio_list_empty(&flushes) || !bio_list_empty(&q->commit_waiters) ||
@@ -957,6 +1128,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	int idx;
 
 	pb(bio)->io_held = false;
+	pb(bio)->started = false;
 	if (mode == MODE_FAIL)
 		return DM_MAPIO_KILL;
 
@@ -1026,6 +1198,7 @@ static void qcow2dedup_free(struct qcow2dedup *q)
 {
 	if (q->wq) {
 		cancel_delayed_work_sync(&q->waker);
+		cancel_delayed_work_sync(&q->retry);
 		cancel_delayed_work_sync(&q->table.flusher);
 	}
 	qcow2dedup_dedup_dtr(q);
@@ -1036,6 +1209,8 @@ static void qcow2dedup_free(struct qcow2dedup *q)
 	if (q->io)
 		dm_io_client_destroy(q->io);
 	bioset_exit(&q->bs);
+	mempool_exit(&q->buf_pool);
+	mempool_exit(&q->op_pool);
 	qcow2_decompressor_destroy(q->dc);
 	kvfree(q->cbuf);
 	kvfree(q->dbuf);
@@ -1093,8 +1268,10 @@ static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
 		} else if (!strcasecmp(arg, "hash") && i + 1 < argc) {
 			arg = dm_shift_arg(as);
 			i++;
-			if (strscpy(o->hash, arg, sizeof(o->hash)) < 0) {
-				ti->error = "Hash algorithm name too long";
+			/* The dedup table stores the name, NUL-terminated. */
+			if (strlen(arg) >= QDT_HASH_NAME_LEN ||
+			    strscpy(o->hash, arg, sizeof(o->hash)) < 0) {
+				ti->error = "Hash algorithm name too long (at most 31 characters)";
 				return -EINVAL;
 			}
 			hash = true;
@@ -1162,8 +1339,10 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&q->barrier_wait);
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);
+	INIT_DELAYED_WORK(&q->retry, do_retry);
 	INIT_DELAYED_WORK(&q->table.flusher, qcow2dedup_table_flusher);
 	init_waitqueue_head(&q->table.flush_wait);
+	xa_init(&q->table.seen);
 	q->busy = RB_ROOT;
 	q->suspended = true;		/* until the first resume */
 	spin_lock_init(&q->io_lock);
@@ -1217,6 +1396,23 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 	q->max_buffered_ops = clamp_t(u64, BUFFERED_BYTES >> q->geo->cluster_bits, 4, 256);
+	q->max_ops = MAX_OPS;
+	r = mempool_init_slab_pool(&q->op_pool, q->max_ops, op_cache);
+	if (!r) {
+		unsigned int nr = clamp_t(u64, RESERVED_BUF_BYTES >> q->geo->cluster_bits, 2,
+					  q->max_buffered_ops);
+
+		q->buf_order = q->geo->cluster_bits >= PAGE_SHIFT ?
+			       q->geo->cluster_bits - PAGE_SHIFT : -1;
+		r = q->buf_order < 0 ?
+		    mempool_init_kmalloc_pool(&q->buf_pool, nr, q->geo->cluster_size) :
+		    mempool_init_page_pool(&q->buf_pool, nr, q->buf_order);
+	}
+	if (r) {
+		ti->error = "Cannot allocate the I/O memory pools";
+		goto bad;
+	}
+	r = -ENOMEM;
 	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS)) {
 		ti->error = "Cannot allocate bio set";
 		goto bad;
@@ -1266,6 +1462,7 @@ static void quiesce(struct qcow2dedup *q)
 {
 	WRITE_ONCE(q->suspended, true);
 	cancel_delayed_work_sync(&q->waker);
+	cancel_delayed_work_sync(&q->retry);
 	cancel_delayed_work_sync(&q->table.flusher);
 	if (q->rebuild)
 		WRITE_ONCE(q->rebuild->paused, true);

@@ -9,6 +9,7 @@
 #include <crypto/hash.h>
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
+#include <linux/mempool.h>
 #include <linux/rbtree.h>
 #include <linux/sizes.h>
 #include <linux/spinlock.h>
@@ -27,6 +28,17 @@
 #define COMMIT_THRESHOLD	4096
 /* Memory for buffered (hashed or partial-cluster) writes in flight. */
 #define BUFFERED_BYTES		(32U << 20)
+/*
+ * Cluster buffers kept in reserve per target, so that writes go on when
+ * the page allocator has nothing (at least 2: a write-zeroes needs two).
+ */
+#define RESERVED_BUF_BYTES	(4U << 20)
+/* Operations in flight per target (the reserve of the operation pool). */
+#define MAX_OPS			512U
+/* After a memory shortage, the worker tries again this much later. */
+#define MEMORY_RETRY_DELAY	(HZ / 50)
+/* Clusters a discard or write-zeroes handles per pass of the worker. */
+#define DISCARD_PER_PASS	4096U
 /* Default interval of dedup table write-back, in milliseconds. */
 #define TABLE_FLUSH_MS		5000U
 /* The rebuild reads up to this many bytes per batch, in runs of clusters. */
@@ -69,6 +81,8 @@ struct qcow2dedup_table {
 	u64 nr_dirs;
 	u64 *leaves;			/* leaf byte offsets, 0: absent */
 	u64 *dirs;			/* directory byte offsets, 0: absent */
+	struct xarray seen;		/* load: the tree's host clusters */
+	void *hdr;			/* two clusters: header area old, new */
 	u64 clusters;			/* root, directories and leaves */
 	u64 loaded;			/* entries taken from the table at load */
 	u64 dropped;			/* slots the load did not accept */
@@ -148,6 +162,18 @@ struct qcow2dedup {
 	struct dm_io_client *io;
 
 	/*
+	 * Memory of the I/O path: operations and cluster buffers come from
+	 * these pools (see qcow2dedup_op_new()); @retry wakes the worker
+	 * after a shortage.
+	 */
+	mempool_t op_pool;
+	mempool_t buf_pool;		/* pages of @buf_order, or kmalloc'd */
+	int buf_order;			/* -1: clusters smaller than a page */
+	unsigned int nr_ops;
+	unsigned int max_ops;
+	struct delayed_work retry;
+
+	/*
 	 * Worker-only state: @busy holds the operations in flight by guest
 	 * cluster; @commit_waiters the bios that complete after the next
 	 * commit; @cbuf/@dbuf the compressed input and the last decompressed
@@ -179,6 +205,8 @@ struct qcow2dedup {
 	struct workqueue_struct *hash_wq;
 	struct dedup_index index;
 	bool index_ready;		/* @index initialised */
+	bool table_lie_logged;		/* a loaded slot did not match: logged */
+	bool shared_copied_logged;	/* COPIED on a shared cluster: logged */
 	void *vbuf;
 	struct qcow2dedup_table table;
 	struct qcow2dedup_rebuild *rebuild;
@@ -187,6 +215,7 @@ struct qcow2dedup {
 	atomic64_t dedup_hits;
 	atomic64_t zero_clusters;
 	atomic64_t verify_mismatches;
+	atomic64_t mem_waits;
 	atomic64_t reads_deferred;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
@@ -197,8 +226,10 @@ struct qcow2dedup {
 struct qcow2_bio {
 	int io_idx;
 	bool io_held;
+	bool started;			/* discard: pieces counted from here */
 	atomic_t remaining;		/* write-zeroes pieces in flight + 1 */
 	blk_status_t status;
+	u64 next;			/* discard: where the next slice starts */
 };
 
 /*
@@ -240,8 +271,12 @@ int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
 blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r);
 int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
 		     enum qcow2_cluster_type type, u64 host_off, bool copied);
-struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc);
-void qcow2dedup_op_free(struct qcow2_op *op);
+struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc,
+				   bool buffered);
+void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_wait_memory(struct qcow2dedup *q);
+void qcow2dedup_retry_op(struct qcow2dedup *q, struct qcow2_op *op,
+			 struct list_head *list);
 bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
 void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 			   blk_status_t status);
@@ -290,5 +325,6 @@ int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc);
 bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster);
 int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen);
+void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs);
 
 #endif /* DM_QCOW2DEDUP_H */

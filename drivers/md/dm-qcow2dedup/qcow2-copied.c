@@ -27,6 +27,10 @@
  * commit, so a clean deactivation leaves every flag exact.  A cluster
  * whose last reference is a snapshot's is simply not found, which is
  * right: COPIED is only defined for the active L1.
+ *
+ * Memory.  A note that cannot be recorded for want of memory is not lost:
+ * @scan_all makes the next scan look at every entry of the active L2
+ * tables that lacks COPIED, and a commit never fails for want of memory.
  */
 #include <linux/jiffies.h>
 #include <linux/unaligned.h>
@@ -38,10 +42,21 @@
 /* A scan of at most this many L2 entries (2 MiB of tables) runs at once. */
 #define SCAN_CHEAP	262144
 
+#define COPIED_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
+
+/* No memory to note a cluster: the next scan looks at every entry. */
+static void scan_everything(struct qcow2_metadata *md)
+{
+	if (!md->scan_all) {
+		md->scan_all = true;
+		md->nr_scan++;
+	}
+}
+
 void qcow2_copied_note(struct qcow2_metadata *md, u64 cluster)
 {
-	/* On failure (no memory) the flag stays clear: a reported mismatch. */
-	xa_store(&md->unique_next, cluster, xa_mk_value(1), GFP_NOIO);
+	if (xa_is_err(xa_store(&md->unique_next, cluster, xa_mk_value(1), COPIED_GFP)))
+		scan_everything(md);
 }
 
 /* After a commit round: its notes are handled by the next round. */
@@ -51,7 +66,8 @@ void qcow2_copied_advance(struct qcow2_metadata *md)
 	void *p;
 
 	xa_for_each(&md->unique_next, c, p)
-		xa_store(&md->unique_ready, c, p, GFP_NOIO);
+		if (xa_is_err(xa_store(&md->unique_ready, c, p, COPIED_GFP)))
+			scan_everything(md);
 	xa_destroy(&md->unique_next);
 }
 
@@ -88,8 +104,11 @@ static int restore_one(struct qcow2_metadata *md, u64 guest_off, u64 host)
 	return qcow2_md_set_copied(md, guest_off);
 }
 
-/* One L2 table: restore the entries that point into @md->unique_scan. */
-static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off)
+/*
+ * One L2 table: restore the entries that point into @md->unique_scan, or
+ * with @all every entry without COPIED whose cluster has refcount one.
+ */
+static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off, bool all)
 {
 	const struct qcow2_geometry *g = &md->geo;
 	u64 per_block = BIT_ULL(md->block_bits) / sizeof(u64);
@@ -111,11 +130,15 @@ static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off)
 
 			if (!off || (e & QCOW2_OFLAG_COPIED) || (e & QCOW2_OFLAG_COMPRESSED) ||
 			    guest_off >= g->size ||
-			    !xa_load(&md->unique_scan, off >> g->cluster_bits))
+			    (!all && !xa_load(&md->unique_scan, off >> g->cluster_bits)))
 				continue;
 			/* restore_one() looks again, staged entries first. */
 			dm_bufio_release(b);
 			r = restore_one(md, guest_off, off >> g->cluster_bits);
+			if (r == -ENOMEM) {
+				scan_everything(md);
+				r = 0;
+			}
 			data = dm_bufio_read(md->bufio, (l2_off >> md->block_bits) +
 					     i / per_block, &b);
 			if (IS_ERR(data))
@@ -135,9 +158,12 @@ static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off)
 static int scan_tables(struct qcow2_metadata *md)
 {
 	const struct qcow2_geometry *g = &md->geo;
+	bool all = md->scan_all;
 	unsigned long i;
 	int r = 0;
 
+	md->scan_all = false;
+	md->nr_scan = 0;
 	for (i = 0; i < g->l1_size && !r; i++) {
 		void *p = xa_load(&md->pending_l1, i);
 		u64 l1e = md->l1[i], l2;
@@ -149,11 +175,12 @@ static int scan_tables(struct qcow2_metadata *md)
 		else
 			continue;	/* none, or shared with a snapshot */
 		if (l2)
-			r = scan_table(md, i, l2);
+			r = scan_table(md, i, l2, all);
 		cond_resched();
 	}
 	xa_destroy(&md->unique_scan);
-	md->nr_scan = 0;
+	if (md->scan_all)
+		md->nr_scan = 1;
 	md->last_scan = jiffies;
 	return r;
 }
@@ -184,9 +211,14 @@ int qcow2_copied_restore(struct qcow2_metadata *md, bool final)
 	xa_for_each(&md->unique_ready, c, p) {
 		if (md->survivor && md->survivor(md->ctx, c, &gc)) {
 			r = restore_one(md, gc << md->geo.cluster_bits, c);
-		} else if (!xa_load(&md->unique_scan, c)) {
-			r = xa_err(xa_store(&md->unique_scan, c, xa_mk_value(1), GFP_NOIO));
-			md->nr_scan++;
+		} else if (!md->scan_all && !xa_load(&md->unique_scan, c)) {
+			r = xa_err(xa_store(&md->unique_scan, c, xa_mk_value(1), COPIED_GFP));
+			if (!r)
+				md->nr_scan++;
+		}
+		if (r == -ENOMEM) {
+			scan_everything(md);
+			r = 0;
 		}
 		if (r)
 			break;

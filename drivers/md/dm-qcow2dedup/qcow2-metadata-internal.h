@@ -36,7 +36,10 @@ struct qcow2_metadata {
 	struct xarray pending_l1;
 	struct xarray decrements;
 	unsigned long nr_pending;
+	unsigned long nr_l1_pending;
 	unsigned long nr_decrements;
+	bool warned_underflow;		/* corrupt refcounts: logged once */
+	bool warned_compressed;		/* compressed data past the device: once */
 
 	/* Refcounts */
 	u64 *reftable;			/* refcount block offsets, CPU order */
@@ -55,7 +58,8 @@ struct qcow2_metadata {
 	struct xarray unique_next;
 	struct xarray unique_ready;
 	struct xarray unique_scan;
-	unsigned long nr_scan;
+	unsigned long nr_scan;		/* in @unique_scan, or 1 for @scan_all */
+	bool scan_all;			/* a note was lost: scan every entry */
 	unsigned long last_scan;	/* jiffies */
 
 	/* Called between writing references and dropping refcounts. */

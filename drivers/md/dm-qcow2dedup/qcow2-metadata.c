@@ -24,6 +24,7 @@
  *      whose last reference was dropped have finished.
  */
 #include <linux/device-mapper.h>
+#include <linux/delay.h>
 #include <linux/dm-bufio.h>
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
@@ -430,13 +431,25 @@ int qcow2_md_clear_autoclear(struct qcow2_metadata *md)
 	return r;
 }
 
+/*
+ * Memory.  Staging must not fail half-way for want of memory: every slot a
+ * staging function will store into is reserved first (xa_reserve()), and a
+ * failed reservation returns -ENOMEM with nothing changed, so that the
+ * caller can simply try again later.  A store into a reserved slot, or over
+ * an existing entry, needs no memory.
+ */
+#define MD_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
+
 static int stage_decrement(struct qcow2_metadata *md, u64 cluster)
 {
 	void *old = xa_load(&md->decrements, cluster);
 	u64 n = old ? xa_to_value(old) : 0;
+	int r;
 
-	md->nr_decrements++;
-	return xa_err(xa_store(&md->decrements, cluster, xa_mk_value(n + 1), GFP_NOIO));
+	r = xa_err(xa_store(&md->decrements, cluster, xa_mk_value(n + 1), MD_GFP));
+	if (!r)
+		md->nr_decrements++;
+	return r;
 }
 
 /**
@@ -450,7 +463,8 @@ static int stage_decrement(struct qcow2_metadata *md, u64 cluster)
  * Data clusters keep their refcounts: QEMU counts a data cluster once per L1
  * table that reaches it, whichever L2 table is on the way.
  *
- * Return: 0, -ENOSPC, or an I/O error.
+ * Return: 0; -ENOMEM (nothing changed: try again later); -ENOSPC; an I/O
+ * error.
  */
 int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 {
@@ -463,16 +477,26 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 	old = l1e & QCOW2_L1E_OFFSET_MASK;
 	if (old && (l1e & QCOW2_OFLAG_COPIED))
 		return 0;
-	r = qcow2_rc_alloc(md, &c);
-	if (r)
+	r = xa_reserve(&md->pending_l1, i, MD_GFP);
+	if (!r && old)
+		r = xa_reserve(&md->decrements, old >> md->geo.cluster_bits, MD_GFP);
+	if (!r)
+		r = qcow2_rc_alloc(md, &c);
+	if (r) {
+		xa_release(&md->pending_l1, i);
+		if (old)
+			xa_release(&md->decrements, old >> md->geo.cluster_bits);
 		return r;
+	}
 	r = qcow2_md_new_cluster(md, c, old);
 	if (!r && old)
 		r = stage_decrement(md, old >> md->geo.cluster_bits);
 	if (!r)
 		r = xa_err(xa_store(&md->pending_l1, i,
 				    xa_mk_value((c << md->geo.cluster_bits) | 1),
-				    GFP_NOIO));
+				    MD_GFP));
+	if (!r)
+		md->nr_l1_pending++;
 	return r;
 }
 
@@ -504,28 +528,73 @@ int qcow2_md_release(struct qcow2_metadata *md, u64 host_off)
 	return stage_decrement(md, host_off >> md->geo.cluster_bits);
 }
 
-/* Stage the decrements an entry's old mapping owes. */
-static int drop_old(struct qcow2_metadata *md, enum qcow2_cluster_type type,
-		    const struct qcow2_l2e_info *info)
+/*
+ * The host clusters an entry's old mapping holds references on: [*first,
+ * *last], or *first > *last for none.  QEMU counts every cluster that the
+ * bytes of a compressed cluster touch; a crafted descriptor may run past
+ * the device, where no cluster has a refcount: those are not counted.
+ */
+static void old_clusters(struct qcow2_metadata *md, enum qcow2_cluster_type type,
+			 const struct qcow2_l2e_info *info, u64 *first, u64 *last)
 {
 	const struct qcow2_geometry *g = &md->geo;
-	u64 start, len, c;
-	int r = 0;
+	u64 start, len;
 
+	*first = 1;
+	*last = 0;
 	switch (type) {
 	case QCOW2_CLUSTER_NORMAL:
 	case QCOW2_CLUSTER_ZERO_ALLOC:
-		return stage_decrement(md, info->host_offset >> g->cluster_bits);
+		*first = info->host_offset >> g->cluster_bits;
+		*last = *first;
+		break;
 	case QCOW2_CLUSTER_COMPRESSED:
-		/* QEMU counts every cluster the compressed bytes touch. */
 		qcow2_compressed_range(g, info->raw, &start, &len);
-		for (c = start >> g->cluster_bits;
-		     c <= (start + len - 1) >> g->cluster_bits && !r; c++)
-			r = stage_decrement(md, c);
-		return r;
+		*first = start >> g->cluster_bits;
+		*last = min((start + len - 1) >> g->cluster_bits,
+			    (g->dev_size >> g->cluster_bits) - 1);
+		if (*last < (start + len - 1) >> g->cluster_bits && !md->warned_compressed) {
+			md->warned_compressed = true;
+			DMWARN("compressed cluster at host offset %llu runs past the end of the device: the clusters beyond are not counted",
+			       info->host_offset);
+		}
+		break;
 	default:
-		return 0;
+		break;
 	}
+}
+
+/* Stage the decrements an entry's old mapping owes (slots reserved). */
+static int drop_old(struct qcow2_metadata *md, enum qcow2_cluster_type type,
+		    const struct qcow2_l2e_info *info)
+{
+	u64 c, first, last;
+	int r = 0;
+
+	old_clusters(md, type, info, &first, &last);
+	for (c = first; c <= last && !r; c++)
+		r = stage_decrement(md, c);
+	return r;
+}
+
+/* Reserve what qcow2_md_stage() of guest cluster @gc will store. */
+static int reserve_stage(struct qcow2_metadata *md, u64 gc,
+			 enum qcow2_cluster_type type,
+			 const struct qcow2_l2e_info *info)
+{
+	u64 c, first, last;
+	int r;
+
+	old_clusters(md, type, info, &first, &last);
+	r = xa_reserve(&md->pending, gc, MD_GFP);
+	for (c = first; c <= last && !r; c++)
+		r = xa_reserve(&md->decrements, c, MD_GFP);
+	if (r) {
+		xa_release(&md->pending, gc);
+		for (c = first; c <= last; c++)
+			xa_release(&md->decrements, c);
+	}
+	return r;
 }
 
 /**
@@ -540,6 +609,8 @@ static int drop_old(struct qcow2_metadata *md, enum qcow2_cluster_type type,
  *
  * The caller has called qcow2_md_prepare_write() for @guest_off.  The old
  * mapping's references are dropped at commit.
+ * Return: 0; -ENOMEM (nothing changed: try again later); -EUCLEAN for a
+ * corrupt old entry; an I/O error.
  */
 int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
 		   enum qcow2_cluster_type type, u64 host_off, bool copied,
@@ -556,9 +627,12 @@ int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
 		return r;
 	if (old == QCOW2_CLUSTER_INVALID)
 		return -EUCLEAN;
+	r = reserve_stage(md, gc, old, &info);
+	if (r)
+		return r;
 	entry = qcow2_encode_l2_entry(type, host_off,
 				      type == QCOW2_CLUSTER_NORMAL && copied);
-	r = xa_err(xa_store(&md->pending, gc, pending_encode(entry), GFP_NOIO));
+	r = xa_err(xa_store(&md->pending, gc, pending_encode(entry), MD_GFP));
 	if (r)
 		return r;
 	if (!pending)
@@ -566,6 +640,30 @@ int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
 	if (old_host)
 		*old_host = old == QCOW2_CLUSTER_NORMAL ? info.host_offset : 0;
 	return drop_old(md, old, &info);
+}
+
+/**
+ * qcow2_md_reserve_stage() - make the next qcow2_md_stage() of @guest_off
+ *	need no memory, for callers that change other state before it.
+ * @md: metadata.
+ * @guest_off: a guest byte offset.
+ *
+ * Valid until the next commit.
+ * Return: 0, -ENOMEM (nothing changed), -EUCLEAN or an I/O error.
+ */
+int qcow2_md_reserve_stage(struct qcow2_metadata *md, u64 guest_off)
+{
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type old;
+	bool pending;
+	int r;
+
+	r = qcow2_md_lookup(md, guest_off, true, &old, &info, &pending);
+	if (r)
+		return r;
+	if (old == QCOW2_CLUSTER_INVALID)
+		return -EUCLEAN;
+	return reserve_stage(md, guest_cluster(md, guest_off), old, &info);
 }
 
 /**
@@ -620,8 +718,9 @@ int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off)
 
 	p = xa_load(&md->pending, gc);
 	if (p) {
+		/* Over an entry: no memory needed. */
 		e = pending_decode(p) & ~QCOW2_OFLAG_COPIED;
-		return xa_err(xa_store(&md->pending, gc, pending_encode(e), GFP_NOIO));
+		return xa_err(xa_store(&md->pending, gc, pending_encode(e), MD_GFP));
 	}
 	r = qcow2_md_lookup(md, guest_off, true, &type, &info, &pending);
 	if (r)
@@ -644,6 +743,7 @@ int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off)
  *
  * The caller makes sure the refcount of one is on disk before the next
  * commit writes this (it is staged, so it follows the commit's first flush).
+ * Return: 0, -ENOMEM (nothing changed), -EUCLEAN or an I/O error.
  */
 int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off)
 {
@@ -664,7 +764,7 @@ int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off)
 	if (info.copied)
 		return 0;
 	r = xa_err(xa_store(&md->pending, gc,
-			    pending_encode(info.raw | QCOW2_OFLAG_COPIED), GFP_NOIO));
+			    pending_encode(info.raw | QCOW2_OFLAG_COPIED), MD_GFP));
 	if (!r && !pending)
 		md->nr_pending++;
 	return r;
@@ -710,6 +810,7 @@ static int apply_pending(struct qcow2_metadata *md)
 	xa_destroy(&md->pending_l1);
 	xa_destroy(&md->pending);
 	md->nr_pending = 0;
+	md->nr_l1_pending = 0;
 	return 0;
 }
 
@@ -725,6 +826,20 @@ static int apply_decrements(struct qcow2_metadata *md)
 		u64 rc;
 
 		r = qcow2_rc_update(md, c, -(s64)xa_to_value(p), &rc);
+		if (r == -EUCLEAN) {
+			/*
+			 * The image counted fewer references than its L2
+			 * tables hold (or none: no refcount block): corrupt
+			 * input, not an I/O error.  Leave the cluster as it
+			 * is (at worst a leak) and go on.
+			 */
+			if (!md->warned_underflow) {
+				md->warned_underflow = true;
+				DMWARN("refcount of host cluster %lu is lower than its references: left as it is (run qemu-img check -r all)",
+				       c);
+			}
+			continue;
+		}
 		if (r)
 			return r;
 		if (rc == 1)
@@ -753,7 +868,7 @@ static int apply_decrements(struct qcow2_metadata *md)
  */
 int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 {
-	int rounds = 3, r;
+	int rounds = 3, tries, r;
 
 	/* Before any refcount can fall to zero in this commit. */
 	if (md->before_commit) {
@@ -767,7 +882,7 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 			r = dm_bufio_write_dirty_buffers(md->bufio);
 		if (!r)
 			r = dm_bufio_issue_flush(md->bufio);
-		if (!r && (md->nr_pending || !xa_empty(&md->pending_l1)))
+		if (!r && (md->nr_pending || md->nr_l1_pending))
 			r = apply_pending(md);
 		if (!r && md->nr_decrements)
 			r = apply_decrements(md);
@@ -790,6 +905,16 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 				r = dm_bufio_issue_flush(md->bufio);
 		}
 	} while (!r && --rounds && !xa_empty(&md->unique_ready));
+	/*
+	 * A clean deactivation leaves every COPIED flag exact: if memory ran
+	 * short during its scan, wait a little and scan again.
+	 */
+	for (tries = 0; !r && final && md->nr_scan && tries < 100; tries++) {
+		msleep(20);
+		r = qcow2_copied_restore(md, true);
+		if (!r && (md->nr_pending || md->nr_l1_pending))
+			r = apply_pending(md);
+	}
 	if (!r && !final)
 		dm_bufio_write_dirty_buffers_async(md->bufio);
 	return r;
@@ -801,7 +926,7 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
  */
 bool qcow2_md_dirty(struct qcow2_metadata *md)
 {
-	return md->nr_pending || md->nr_decrements || !xa_empty(&md->pending_l1) ||
+	return md->nr_pending || md->nr_decrements || md->nr_l1_pending ||
 	       !xa_empty(&md->unique_ready) || md->nr_scan;
 }
 
@@ -902,6 +1027,56 @@ bool qcow2_md_l2_present(struct qcow2_metadata *md, u64 gc)
 	return l1_index < md->geo.l1_size &&
 	       ((READ_ONCE(md->l1[l1_index]) & QCOW2_L1E_OFFSET_MASK) ||
 		xa_load(&md->pending_l1, l1_index));
+}
+
+/* Is a cluster of the byte range [@off, @off + @len) in @set? */
+static bool range_in(struct qcow2_metadata *md, struct xarray *set, u64 off, u64 len)
+{
+	u64 c;
+
+	if (!len)
+		return false;
+	for (c = off >> md->geo.cluster_bits;
+	     c <= (off + len - 1) >> md->geo.cluster_bits; c++)
+		if (xa_load(set, c))
+			return true;
+	return false;
+}
+
+/**
+ * qcow2_md_metadata_in() - does @set hold a cluster of qcow2 metadata: the
+ *	header, the L1 table, an active L2 table, the refcount table, a
+ *	refcount block or the snapshot table?
+ * @md: metadata (writable: the refcount table is loaded).
+ * @set: host cluster indexes (an xarray of any non-NULL values).
+ *
+ * For checking what an untrusted structure (the dedup table) points to
+ * before anything is written through it.
+ */
+bool qcow2_md_metadata_in(struct qcow2_metadata *md, struct xarray *set)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 i;
+
+	if (range_in(md, set, 0, g->cluster_size) ||
+	    range_in(md, set, g->l1_table_offset, (u64)g->l1_size * sizeof(u64)) ||
+	    range_in(md, set, g->refcount_table_offset,
+		     (u64)g->refcount_table_clusters << g->cluster_bits) ||
+	    (g->nb_snapshots &&
+	     range_in(md, set, g->snapshots_offset,
+		      (u64)g->nb_snapshots * sizeof(struct qcow2_snapshot_hdr))))
+		return true;
+	for (i = 0; i < g->l1_size; i++)
+		if (range_in(md, set, md->l1[i] & QCOW2_L1E_OFFSET_MASK,
+			     md->l1[i] & QCOW2_L1E_OFFSET_MASK ? g->cluster_size : 0))
+			return true;
+	for (i = 0; i < md->reftable_entries; i++) {
+		u64 rb = md->reftable[i] & ~(u64)(g->cluster_size - 1);
+
+		if (rb && range_in(md, set, rb, g->cluster_size))
+			return true;
+	}
+	return false;
 }
 
 /**

@@ -17,6 +17,8 @@
 #define DM_QCOW2DEDUP_METADATA_H
 
 #include <linux/blkdev.h>
+#include <linux/xarray.h>
+
 #include "qcow2-format.h"
 
 struct qcow2_metadata;
@@ -41,6 +43,7 @@ int qcow2_md_release(struct qcow2_metadata *md, u64 host_off);
 int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,
 		   enum qcow2_cluster_type type, u64 host_off, bool copied,
 		   u64 *old_host);
+int qcow2_md_reserve_stage(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_refcount(struct qcow2_metadata *md, u64 host_off, u64 *rc);
 int qcow2_md_share(struct qcow2_metadata *md, u64 host_off);
 int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off);
@@ -58,6 +61,7 @@ int qcow2_md_write_bytes(struct qcow2_metadata *md, u64 off, const void *buf,
 int qcow2_md_zero_cluster(struct qcow2_metadata *md, u64 host_off);
 int qcow2_md_write_header(struct qcow2_metadata *md, const void *buf, size_t len);
 bool qcow2_md_l2_present(struct qcow2_metadata *md, u64 gc);
+bool qcow2_md_metadata_in(struct qcow2_metadata *md, struct xarray *set);
 u64 qcow2_md_dev_clusters(struct qcow2_metadata *md);
 unsigned long qcow2_md_nr_pending(struct qcow2_metadata *md);
 void qcow2_md_usage(struct qcow2_metadata *md, u64 *used, u64 *total);

@@ -205,8 +205,10 @@ int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
 	r = qcow2_rc_get(md, cluster, &rc);
 	if (r)
 		return r;
-	if (delta < 0 ? rc < (u64)-delta :
-	    rc > qcow2_refcount_max(md->geo.refcount_order) - delta) {
+	/* A lower refcount than references: corrupt input, the caller says so. */
+	if (delta < 0 && rc < (u64)-delta)
+		return -EUCLEAN;
+	if (delta > 0 && rc > qcow2_refcount_max(md->geo.refcount_order) - delta) {
 		DMERR_LIMIT("refcount of host cluster %llu is %llu; cannot add %lld",
 			    cluster, rc, delta);
 		return -EUCLEAN;

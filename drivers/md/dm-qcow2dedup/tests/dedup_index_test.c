@@ -147,7 +147,7 @@ static void hash_lock_wait_then_share(struct kunit *test)
 	list_del_init(&b_waiting);				/* B requeued */
 	seen = dedup_find(idx, d);
 	KUNIT_ASSERT_PTR_EQ(test, seen, a);
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, seen, 20, &first), 1);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, seen, 20, &first, GFP_KERNEL), 1);
 	KUNIT_EXPECT_EQ(test, first, 10ULL);			/* clear its COPIED */
 	KUNIT_EXPECT_EQ(test, a->nr_refs, 2U);
 }
@@ -212,13 +212,13 @@ static void copied_transitions(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 80, &e), 0);
 	dedup_write_done(idx, e, 100);
 	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 80, 100));
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 101, &first), 1);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 101, &first, GFP_KERNEL), 1);
 	KUNIT_EXPECT_EQ(test, first, 100ULL);
 	KUNIT_EXPECT_FALSE(test, sole_referrer(idx, 80, 100));
 	KUNIT_EXPECT_EQ(test, idx->shared, 1ULL);
 	/* Many referrers: the array grows. */
 	for (g = 102; g < 110; g++)
-		KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, g, &first), (int)(g - 100));
+		KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, g, &first, GFP_KERNEL), (int)(g - 100));
 	KUNIT_EXPECT_EQ(test, e->nr_refs, 10U);
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 9ULL);
 	/* A referrer the index never knew: nothing. */
@@ -238,7 +238,7 @@ static void copied_transitions(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->array_bytes, 0ULL);
 	/* And up again: the survivor is now the first. */
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 200, &first), 1);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 200, &first, GFP_KERNEL), 1);
 	KUNIT_EXPECT_EQ(test, first, 105ULL);
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 105), DEDUP_DROP_UNIQUE);
 	KUNIT_EXPECT_EQ(test, e->guest, 200ULL);
@@ -277,6 +277,106 @@ static void rekey_in_place(struct kunit *test)
 	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 90));
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d3), other);
 	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
+}
+
+/*
+ * A cluster with two referrers is never re-keyed for an in-place write:
+ * the other guest cluster would see the new contents (a crafted image
+ * with COPIED on both reaches this).  Nothing changes.
+ */
+static void rekey_refuses_shared(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u8 d1[DEDUP_KEY_MAX], d2[DEDUP_KEY_MAX];
+	struct dedup_entry *e;
+	u64 first;
+
+	digest_of(d1, 20);
+	digest_of(d2, 21);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 95, &e), 0);
+	dedup_write_done(idx, e, 9);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 10, &first, GFP_KERNEL), 1);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
+	KUNIT_EXPECT_EQ(test, e->state, DEDUP_READY);
+	KUNIT_EXPECT_EQ(test, e->nr_refs, 2U);
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d1), e);
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d2));
+	KUNIT_EXPECT_EQ(test, idx->shared, 1ULL);
+	/* Its referrers are still exact: both drops are seen. */
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 95, 10), DEDUP_DROP_UNIQUE);
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 95, 9), DEDUP_DROP_GONE);
+
+	/* Loaded or rebuilt (UNKEYED) with two referrers: refused too. */
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 96, NULL, &e, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 11, &first, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 12, &first, GFP_KERNEL), 1);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
+	KUNIT_EXPECT_EQ(test, e->state, DEDUP_UNKEYED);
+	/* And with no referrer at all (not a guest cluster's): refused. */
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 97, NULL, &e, GFP_KERNEL), 0);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
+}
+
+/*
+ * A loaded entry whose cluster holds other bytes than its key says gets
+ * the key of what it holds, keeping its referrers; onto a digest another
+ * entry has, it goes.
+ */
+static void rekey_to_true_digest(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u8 lie[DEDUP_KEY_MAX], truth[DEDUP_KEY_MAX], other_d[DEDUP_KEY_MAX];
+	struct dedup_entry *e, *other;
+	u64 first;
+
+	digest_of(lie, 30);
+	digest_of(truth, 31);
+	digest_of(other_d, 32);
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 120, lie, &e, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 1, &first, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 2, &first, GFP_KERNEL), 1);
+	KUNIT_ASSERT_EQ(test, dedup_key(idx, e, NULL), 0);
+	KUNIT_EXPECT_TRUE(test, e->unverified);
+	KUNIT_ASSERT_EQ(test, dedup_rekey(idx, e, truth), 0);
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, lie));
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, truth), e);
+	KUNIT_EXPECT_EQ(test, e->nr_refs, 2U);
+	KUNIT_EXPECT_FALSE(test, e->unverified);
+	KUNIT_EXPECT_FALSE(test, e->persisted);
+	/* The lying slot must be zeroed, the true key written. */
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 120));
+	KUNIT_EXPECT_TRUE(test, xa_get_mark(&idx->by_host, 120, DEDUP_MARK_DIRTY));
+	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
+
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, other_d, 121, &other), 0);
+	KUNIT_EXPECT_EQ(test, dedup_rekey(idx, e, other_d), -EEXIST);
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, other_d), other);
+	KUNIT_EXPECT_NULL(test, dedup_find_host(idx, 120));
+	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
+	KUNIT_EXPECT_EQ(test, idx->shared, 0ULL);
+	KUNIT_EXPECT_EQ(test, idx->extra_refs, 0ULL);
+}
+
+/* Referrer arrays count against the memory limit: beyond it, -ENOSPC. */
+static void referrers_bounded(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *e;
+	u8 d[DEDUP_KEY_MAX];
+	u64 first, g;
+	int r = 0;
+
+	dedup_index_destroy(idx);
+	dedup_index_init(idx, 32, dedup_entry_bytes() + 64 * sizeof(u64));
+	digest_of(d, 40);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 130, &e), 0);
+	dedup_write_done(idx, e, 0);
+	for (g = 1; g < 1000 && r >= 0; g++)
+		r = dedup_add_ref(idx, e, g, &first, GFP_KERNEL);
+	KUNIT_EXPECT_EQ(test, r, -ENOSPC);
+	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), idx->limit_bytes);
+	KUNIT_EXPECT_EQ(test, (u64)e->nr_refs, g - 1);
+	KUNIT_EXPECT_EQ(test, idx->extra_refs, (u64)e->nr_refs - 1);
 }
 
 /* At the memory limit new content is not indexed; existing entries stay. */
@@ -347,6 +447,9 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(overwrite_before_share),
 	KUNIT_CASE(copied_transitions),
 	KUNIT_CASE(rekey_in_place),
+	KUNIT_CASE(rekey_refuses_shared),
+	KUNIT_CASE(rekey_to_true_digest),
+	KUNIT_CASE(referrers_bounded),
 	KUNIT_CASE(memory_limit),
 	KUNIT_CASE(refcount_ceiling),
 	KUNIT_CASE(zero_detection),

@@ -343,7 +343,7 @@ static void dirty_tracking(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->dirty, 1ULL);
 	KUNIT_EXPECT_TRUE(test, xa_get_mark(&idx->by_host, 10, DEDUP_MARK_DIRTY));
 	/* Sharing it changes no slot. */
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, a, 101, &first), 1);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, a, 101, &first, GFP_KERNEL), 1);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 1ULL);
 	/* The flush wrote it. */
 	dedup_set_persisted(idx, a);
@@ -351,15 +351,35 @@ static void dirty_tracking(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->persisted, 1ULL);
 	KUNIT_EXPECT_FALSE(test, xa_get_mark(&idx->by_host, 10, DEDUP_MARK_DIRTY));
 
-	/* Unshared and gone: its slot must be zeroed, once. */
+	/*
+	 * Unshared and gone: its slot must be zeroed, once.  Until then the
+	 * entry stays DEAD: found by no lookup, but map() keeps away.
+	 */
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 10, 101), DEDUP_DROP_UNIQUE);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 0ULL);
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 10, 100), DEDUP_DROP_GONE);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 1ULL);
-	KUNIT_EXPECT_NOT_NULL(test, xa_load(&idx->clears, 10));
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 10));
+	KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 10));
+	KUNIT_EXPECT_NULL(test, dedup_find_host(idx, 10));
+	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 	KUNIT_EXPECT_EQ(test, idx->persisted, 0ULL);
-	KUNIT_EXPECT_EQ(test, dedup_record_clear(idx, 10), 0);
+	KUNIT_EXPECT_EQ(test, idx->entries, 0ULL);
+	KUNIT_EXPECT_EQ(test, idx->dead, 1ULL);
+	/* A drop for a DEAD cluster changes nothing. */
+	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 10, 100), DEDUP_DROP_NONE);
+	/* The table zeroed the slot: the entry goes for good. */
+	dedup_clear_done(idx, xa_load(&idx->by_host, 10));
+	KUNIT_EXPECT_EQ(test, idx->nr_clears, 0ULL);
+	KUNIT_EXPECT_EQ(test, idx->dead, 0ULL);
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 10));
+	KUNIT_EXPECT_FALSE(test, dedup_host_clearing(idx, 10));
+	/* A slot the load dropped, without an entry: recorded once. */
+	KUNIT_EXPECT_EQ(test, dedup_record_clear(idx, 11, GFP_KERNEL), 0);
+	KUNIT_EXPECT_EQ(test, dedup_record_clear(idx, 11, GFP_KERNEL), 0);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 1ULL);
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 11));
+	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 11));
 
 	/* A never-persisted entry removed: nothing to clear. */
 	key_of(d, 2);
@@ -371,26 +391,27 @@ static void dirty_tracking(struct kunit *test)
 
 	/* Loaded from the table: persisted, keyed without becoming dirty. */
 	key_of(d, 3);
-	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 30, d, &c), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 30, d, &c, GFP_KERNEL), 0);
 	KUNIT_EXPECT_EQ(test, c->state, DEDUP_UNKEYED);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 	KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 30));
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, c, 300, &first), 0);
+	/* A slot read from an image is a hint until its cluster is compared. */
+	KUNIT_EXPECT_TRUE(test, c->unverified);
+	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, c, 300, &first, GFP_KERNEL), 0);
 	KUNIT_ASSERT_EQ(test, dedup_key(idx, c, NULL), 0);
 	KUNIT_EXPECT_EQ(test, c->state, DEDUP_READY);
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d), c);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->persisted, 1ULL);
-	/* From a table a crash left open: compared before its first share. */
-	dedup_set_unverified(idx, c, true);
-	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
 	dedup_set_unverified(idx, c, true);
 	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
 	/* Overwritten in place: the old slot goes, the new key is dirty later. */
 	key_of(d, 4);
 	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, c, d), 0);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 2ULL);
-	KUNIT_EXPECT_NOT_NULL(test, xa_load(&idx->clears, 30));
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 30));
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find_host(idx, 30), c);
 	KUNIT_EXPECT_FALSE(test, c->persisted);
 	KUNIT_EXPECT_FALSE(test, c->unverified);
 	KUNIT_EXPECT_EQ(test, idx->unverified, 0ULL);
@@ -399,9 +420,9 @@ static void dirty_tracking(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->dirty, 1ULL);
 
 	/* A rebuilt cluster whose digest another entry has stays unkeyed. */
-	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 40, NULL, &b), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 40, NULL, &b, GFP_KERNEL), 0);
 	KUNIT_EXPECT_FALSE(test, b->persisted);
-	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, b, 400, &first), 0);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, b, 400, &first, GFP_KERNEL), 0);
 	KUNIT_EXPECT_EQ(test, dedup_key(idx, b, d), -EEXIST);
 	KUNIT_EXPECT_EQ(test, b->state, DEDUP_UNKEYED);
 	KUNIT_EXPECT_EQ(test, idx->unkeyed, 1ULL);
