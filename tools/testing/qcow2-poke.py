@@ -16,6 +16,17 @@
                                              (its leaf must exist)
   qcow2-poke.py IMG flip OFFSET              invert the byte at OFFSET
   qcow2-poke.py IMG set-size BYTES           header virtual size = BYTES
+  qcow2-poke.py IMG l2 GUEST_OFF [VALUE]     print (0x...) or set the raw L2
+                                             entry of a guest byte offset
+  qcow2-poke.py IMG l2-table INDEX           byte offset of the L2 table of
+                                             active L1 entry INDEX
+  qcow2-poke.py IMG leaf-pointer LEAF VALUE  point the dedup table's
+                                             directory entry for LEAF at VALUE
+  qcow2-poke.py IMG dir-pointer DIR VALUE    point the dedup table root's
+                                             entry for directory DIR at VALUE
+  qcow2-poke.py IMG refblock INDEX           byte offset of refcount block INDEX
+  qcow2-poke.py IMG slot-offset CLUSTER      byte offset of the dedup table slot
+                                             of host CLUSTER
 
 Version 3 and 2 images; no extended L2 entries for data-cluster.
 """
@@ -84,6 +95,14 @@ class Image:
                 if l2e & OFFSET_MASK and not l2e & ((1 << 62) | 1):
                     yield (l2e & OFFSET_MASK) >> self.cluster_bits
 
+    def l2_entry_offset(self, guest_off):
+        l2_bits = self.cluster_bits - 3
+        i = guest_off >> (self.cluster_bits + l2_bits)
+        (e,) = struct.unpack(">Q", self.read(self.l1_offset + 8 * i, 8))
+        if not e & OFFSET_MASK:
+            sys.exit("qcow2-poke: no L2 table for guest offset %d" % guest_off)
+        return (e & OFFSET_MASK) + 8 * ((guest_off >> self.cluster_bits) & ((1 << l2_bits) - 1))
+
     def qdt_offset(self):
         end = self.backing_offset or self.cs
         off = self.header_length
@@ -132,6 +151,32 @@ def main(argv):
         img.write(off, bytes([img.read(off, 1)[0] ^ 0xFF]))
     elif op == "set-size":
         img.write(24, struct.pack(">Q", int(args[0])))
+    elif op == "l2":
+        off = img.l2_entry_offset(int(args[0], 0))
+        if len(args) > 1:
+            img.write(off, struct.pack(">Q", int(args[1], 0)))
+        else:
+            print("0x%x" % struct.unpack(">Q", img.read(off, 8))[0])
+    elif op == "l2-table":
+        (e,) = struct.unpack(">Q", img.read(img.l1_offset + 8 * int(args[0]), 8))
+        print(e & OFFSET_MASK)
+    elif op == "refblock":
+        (e,) = struct.unpack(">Q", img.read(img.rt_offset + 8 * int(args[0]), 8))
+        print(e & 0xFFFFFFFFFFFFFE00)
+    elif op == "slot-offset":
+        print(img.slot_offset(int(args[0])))
+    elif op in ("leaf-pointer", "dir-pointer"):
+        ptr_bits = img.cluster_bits - 3
+        (root,) = struct.unpack(">Q", img.read(img.qdt_offset() + 8, 8))
+        n = int(args[0])
+        if op == "dir-pointer":
+            pos = root + 8 * n
+        else:
+            (d,) = struct.unpack(">Q", img.read(root + 8 * (n >> ptr_bits), 8))
+            if not d:
+                sys.exit("qcow2-poke: no directory for leaf %d" % n)
+            pos = d + 8 * (n & ((1 << ptr_bits) - 1))
+        img.write(pos, struct.pack(">Q", int(args[1], 0)))
     else:
         sys.exit(__doc__)
 

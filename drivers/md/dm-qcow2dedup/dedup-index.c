@@ -635,6 +635,27 @@ int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest
 EXPORT_SYMBOL_IF_KUNIT(dedup_rekey);
 
 /**
+ * dedup_unverify_all() - every READY entry is a hint again: its cluster is
+ *	compared with the new contents before its next share.
+ * @idx: index.
+ *
+ * After a resume: the image was not the target's own while it was suspended.
+ */
+void dedup_unverify_all(struct dedup_index *idx)
+{
+	struct dedup_entry *e;
+	unsigned long host;
+
+	xa_for_each(&idx->by_host, host, e) {
+		if (e->state == DEDUP_READY)
+			dedup_set_unverified(idx, e, true);
+		if (!(host & 4095))
+			cond_resched();
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_unverify_all);
+
+/**
  * dedup_below_ceiling() - may a cluster with refcount @rc take one more
  *	reference?  At the ceiling (2^refcount_bits - 1) the next identical
  *	write gets a copy of its own.

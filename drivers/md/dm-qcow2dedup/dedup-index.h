@@ -146,6 +146,7 @@ int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 			const u8 *digest);
 int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 
+void dedup_unverify_all(struct dedup_index *idx);
 bool dedup_below_ceiling(u64 rc, u32 refcount_order);
 bool dedup_is_zero(const void *buf, size_t len);
 

@@ -69,6 +69,24 @@ void qcow2dedup_rebuild_free(struct qcow2dedup *q)
 	q->rebuild = NULL;
 }
 
+/**
+ * qcow2dedup_rebuild_reset() - forget a rebuild under way (the index it
+ *	worked on is gone).
+ * @q: target, quiesced (no batch out).
+ */
+void qcow2dedup_rebuild_reset(struct qcow2dedup *q)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+
+	if (!rb)
+		return;
+	WRITE_ONCE(rb->active, false);
+	rb->requested = false;
+	rb->batch_out = false;
+	rb->batch_done = false;
+	rb->n = 0;
+}
+
 /*
  * hash_wq: read the batch, one I/O per run of adjacent clusters (the batch
  * is in host order), hash it, then hand it back to the worker.

@@ -24,6 +24,7 @@ static const char * const qdt_errors[QDT_ERR_MAX] = {
 	[QDT_ERR_RANGE]		= "slot for a cluster beyond the device",
 	[QDT_ERR_METADATA]	= "table cluster is qcow2 metadata",
 	[QDT_ERR_GUEST_DATA]	= "table cluster is guest data",
+	[QDT_ERR_IO]		= "I/O error reading it or an L2 table",
 };
 
 const char *qdt_err_str(enum qdt_err err)

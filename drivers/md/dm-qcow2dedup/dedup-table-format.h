@@ -26,6 +26,7 @@ enum qdt_err {
 	QDT_ERR_RANGE,
 	QDT_ERR_METADATA,
 	QDT_ERR_GUEST_DATA,
+	QDT_ERR_IO,
 	QDT_ERR_MAX
 };
 

@@ -174,7 +174,13 @@ static int read_table_cluster(struct qcow2dedup *q, u64 off, void *buf,
 		return -EINVAL;
 	}
 	q->table.clusters++;
-	return qcow2dedup_sync_io(q, REQ_OP_READ, buf, off, q->geo->cluster_size);
+	r = qcow2dedup_sync_io(q, REQ_OP_READ, buf, off, q->geo->cluster_size);
+	if (r) {
+		/* The table is an index of data that is still there: rebuild it. */
+		*why = QDT_ERR_IO;
+		return -EINVAL;
+	}
+	return 0;
 }
 
 /* Turn the slots of leaf @leaf (in @buf) into UNKEYED, persisted entries. */
@@ -297,8 +303,11 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 			continue;
 		}
 		r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
-		if (r)
-			return r;
+		if (r) {
+			/* An unreadable L2 table: the referrers cannot be counted. */
+			*why = QDT_ERR_IO;
+			return -EINVAL;
+		}
 		if (!(gc & 4095))
 			cond_resched();
 		if (table_cluster_mapped(q, type, &info)) {
@@ -327,9 +336,9 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
 		if (r)
 			return r;
-		if (e->nr_refs >= 2 && e->copied_ref)
+		if (e->nr_refs >= 2 && e->copied_ref) {
 			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
-		else if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
+		} else if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
 			q->table.loaded++;
 			continue;
 		}
@@ -390,8 +399,8 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	if (r)
 		goto unusable;
 	if (!(q->geo->autoclear_features & QCOW2_AUTOCLEAR_DEDUP_TABLE)) {
-		DMINFO("%s: dedup table is stale (another program wrote the image); rebuilding",
-		       qcow2dedup_dev_name(q));
+		DMINFO("%pg: dedup table is stale (another program wrote the image); rebuilding",
+		       q->bdev);
 		goto discard;
 	}
 	if (strcmp(t->info.hash, q->opt.hash) || t->info.key_len != q->index.key_len) {
@@ -411,21 +420,50 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	 * before map() may write into their clusters (qcow2dedup_table_open()).
 	 */
 	if (t->unclean)
-		DMINFO("%s: dedup table after an unclean shutdown: %llu entries",
-		       qcow2dedup_dev_name(q), t->loaded);
+		DMINFO("%pg: dedup table after an unclean shutdown: %llu entries",
+		       q->bdev, t->loaded);
 	goto out;
 unusable:
 	if (r != -EINVAL)
 		goto out;
-	DMWARN("%s: dedup table not used: %s; rebuilding", qcow2dedup_dev_name(q),
-	       qdt_err_str(why));
+	DMWARN("%pg: dedup table not used: %s; rebuilding", q->bdev, qdt_err_str(why));
 discard:
 	table_reset(q);
 	r = 0;
 out:
 	xa_destroy(&t->seen);
 	kvfree(buf);
+	/* The worker starts it at the first resume. */
+	if (!r && t->enabled && (!t->info.root || t->incomplete))
+		qcow2dedup_rebuild_start(q, !t->found);
 	return r;
+}
+
+/**
+ * qcow2dedup_table_reload() - the metadata was read again at a resume
+ *	(another program wrote the image): forget the index and the state of
+ *	the table, and load the table again.
+ * @q: target, quiesced.
+ */
+int qcow2dedup_table_reload(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+
+	if (!q->dedup)
+		return 0;
+	qcow2dedup_rebuild_reset(q);
+	if (t->enabled)
+		table_reset(q);
+	else
+		dedup_index_destroy(&q->index);
+	t->open = false;
+	t->found = false;
+	t->incomplete = false;
+	t->dropped = 0;
+	/* A snapshot made meanwhile: see qcow2dedup_table_init(). */
+	if (t->enabled && q->geo->nb_snapshots)
+		table_off(q, "snapshots");
+	return qcow2dedup_table_load(q);
 }
 
 /* Write the header with our extension (@flags) and our autoclear bit. */

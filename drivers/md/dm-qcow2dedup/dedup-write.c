@@ -36,7 +36,7 @@
  * retry.  Running out of memory never fails a write nor changes the mode;
  * where the index cannot grow, a cluster is simply not deduplicated.
  */
-#include <linux/sched/mm.h>
+#include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/vmalloc.h>
@@ -60,7 +60,13 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 {
 	unsigned int ds;
 
-	dedup_index_init(&q->index, 0, q->opt.index_limit_mib << 20);
+	/*
+	 * Bounded by default, like dm-vdo's index: a crafted table with every
+	 * slot filled must not take the host's memory.
+	 */
+	dedup_index_init(&q->index, 0, q->opt.index_limit_mib ? q->opt.index_limit_mib << 20 :
+			 max_t(u64, INDEX_LIMIT_MIN,
+			       ((u64)totalram_pages() << PAGE_SHIFT) / INDEX_RAM_SHARE));
 	q->index_ready = true;
 	q->tfm = crypto_alloc_shash(q->opt.hash, 0, 0);
 	if (IS_ERR(q->tfm)) {
@@ -70,6 +76,12 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 		ti->error = "Unknown hash algorithm (not an shash this kernel has)";
 		DMERR("hash %s: %s (%d)", q->opt.hash, ti->error, r);
 		return r == -ENOMEM ? r : -EINVAL;
+	}
+	/* hmac(), cmac() and the like need a key nobody gives them. */
+	if (crypto_shash_get_flags(q->tfm) & CRYPTO_TFM_NEED_KEY) {
+		ti->error = "Keyed hash algorithms are not supported";
+		DMERR("hash %s: %s", q->opt.hash, ti->error);
+		return -EINVAL;
 	}
 	ds = crypto_shash_digestsize(q->tfm);
 	if (ds < 16 && !q->opt.verify) {
@@ -294,7 +306,7 @@ static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
 	}
 	if (!q->table_lie_logged) {
 		q->table_lie_logged = true;
-		DMWARN("%s: dedup table entry for host cluster %llu does not match the cluster: corrected",
+		DMWARN("%s: table entry for host cluster %llu does not match the cluster: fixed",
 		       qcow2dedup_dev_name(q), e->host);
 	}
 	if (other || dedup_rekey(&q->index, e, digest))
@@ -659,7 +671,7 @@ void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs)
 	if (q->shared_copied_logged)
 		return;
 	q->shared_copied_logged = true;
-	DMWARN("%s: host cluster %llu has %u references and COPIED set on one: corrupt image, not deduplicated (run qemu-img check -r all)",
+	DMWARN("%s: cluster %llu: %u references, COPIED set on one: corrupt image, not shared",
 	       qcow2dedup_dev_name(q), host, refs);
 }
 
@@ -688,6 +700,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("index_entries %llu\n", entries);
 	DMEMIT("index_bytes %llu\n", dedup_index_bytes(idx));
 	DMEMIT("index_entry_bytes %zu\n", dedup_entry_bytes());
+	DMEMIT("index_limit_bytes %llu\n", idx->limit_bytes);
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");

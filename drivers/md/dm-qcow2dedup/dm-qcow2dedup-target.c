@@ -59,12 +59,13 @@ static struct qcow2_bio *pb(struct bio *bio)
 
 const char *qcow2dedup_dev_name(struct qcow2dedup *q)
 {
-	return dm_table_device_name(q->ti->table);
+	return dm_device_name(q->owner);
 }
 
+/* map() made the sector a guest sector (qcow2dedup_map()). */
 static u64 guest_offset(struct qcow2dedup *q, struct bio *bio)
 {
-	return (u64)dm_target_offset(q->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	return (u64)bio->bi_iter.bi_sector << SECTOR_SHIFT;
 }
 
 void qcow2dedup_wake(struct qcow2dedup *q)
@@ -152,7 +153,7 @@ static void remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
 {
 	pb(bio)->io_idx = io_idx;
 	pb(bio)->io_held = true;
-	bio_set_dev(bio, q->dev->bdev);
+	bio_set_dev(bio, q->bdev);
 	bio->bi_iter.bi_sector = host_off >> SECTOR_SHIFT;
 }
 
@@ -161,7 +162,7 @@ int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len)
 {
 	struct dm_io_region region = {
-		.bdev = q->dev->bdev,
+		.bdev = q->bdev,
 		.sector = off >> SECTOR_SHIFT,
 		.count = len >> SECTOR_SHIFT,
 	};
@@ -363,7 +364,7 @@ static void buffered_endio(unsigned long error, void *context)
 void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op)
 {
 	struct dm_io_region region = {
-		.bdev = q->dev->bdev,
+		.bdev = q->bdev,
 		.sector = op->host_off >> SECTOR_SHIFT,
 		.count = q->geo->cluster_size >> SECTOR_SHIFT,
 	};
@@ -518,7 +519,7 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		atomic64_inc(&q->cow_copies);
 
 	if (whole) {
-		struct bio *clone = bio_alloc_clone(q->dev->bdev, bio, GFP_NOIO, &q->bs);
+		struct bio *clone = bio_alloc_clone(q->bdev, bio, GFP_NOIO, &q->bs);
 
 		clone->bi_opf &= ~(REQ_FUA | REQ_PREFLUSH);
 		clone->bi_iter.bi_sector = op->host_off >> SECTOR_SHIFT;
@@ -895,7 +896,7 @@ static int discard_piece(struct qcow2dedup *q, struct bio *bio, u64 off, u64 len
 		/* Synchronous in place: the worker owns the cluster here. */
 		r = qcow2dedup_forget_host(q, info.host_offset);
 		if (!r)
-			r = blkdev_issue_zeroout(q->dev->bdev,
+			r = blkdev_issue_zeroout(q->bdev,
 						 (info.host_offset + in) >> SECTOR_SHIFT,
 						 len >> SECTOR_SHIFT, GFP_NOIO,
 						 BLKDEV_ZERO_NOUNMAP);
@@ -1011,7 +1012,7 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 	} else if (qcow2_md_dirty(q->md)) {
 		/* Staged changes will never reach the disk now. */
 		status = BLK_STS_IOERR;
-	} else if (blkdev_issue_flush(q->dev->bdev)) {
+	} else if (blkdev_issue_flush(q->bdev)) {
 		status = BLK_STS_IOERR;
 	}
 	q->commit_due = false;
@@ -1034,6 +1035,21 @@ static void do_worker(struct work_struct *ws)
 	LIST_HEAD(completed);
 	LIST_HEAD(hashed);
 	struct bio *bio;
+
+	/*
+	 * Suspended and written back (or not resumed yet): no I/O is left,
+	 * and a resume may replace the metadata.  Only "flush" messages are
+	 * answered (nothing to write).
+	 */
+	if (READ_ONCE(q->stopped)) {
+		qcow2dedup_table_worker(q);
+		return;
+	}
+	/* After a resume: the index is a hint again until compared. */
+	if (READ_ONCE(q->reverify)) {
+		WRITE_ONCE(q->reverify, false);
+		dedup_unverify_all(&q->index);
+	}
 
 	spin_lock_irq(&q->lock);
 	list_splice_init(&q->completed, &completed);
@@ -1119,7 +1135,8 @@ static bool may_write_in_place(struct qcow2dedup *q, struct bio *bio, u64 host_o
 
 static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup_c *c = ti->private;
+	struct qcow2dedup *q = c->q;
 	enum qcow2_mode mode = READ_ONCE(q->mode);
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
@@ -1134,7 +1151,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 
 	if (bio->bi_opf & REQ_PREFLUSH) {
 		if (!q->writable) {
-			bio_set_dev(bio, q->dev->bdev);
+			bio_set_dev(bio, q->bdev);
 			return DM_MAPIO_REMAPPED;
 		}
 		spin_lock_irqsave(&q->lock, flags);
@@ -1143,6 +1160,11 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 		qcow2dedup_wake(q);
 		return DM_MAPIO_SUBMITTED;
 	}
+	/*
+	 * From here on the bio's sector is a guest sector: the engine does
+	 * not know where the target starts in its table.
+	 */
+	bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
 
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
@@ -1184,17 +1206,70 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 			     blk_status_t *error)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup_c *c = ti->private;
 	struct qcow2_bio *p = pb(bio);
 
 	if (p->io_held) {
 		p->io_held = false;
-		io_unhold(q, p->io_idx);
+		io_unhold(c->q, p->io_idx);
 	}
 	return DM_ENDIO_DONE;
 }
 
-static void qcow2dedup_free(struct qcow2dedup *q)
+/* Stop the timers and the rebuild's batches, and let the worker settle. */
+static void quiesce(struct qcow2dedup *q)
+{
+	WRITE_ONCE(q->suspended, true);
+	WRITE_ONCE(q->stopped, true);
+	cancel_delayed_work_sync(&q->waker);
+	cancel_delayed_work_sync(&q->retry);
+	cancel_delayed_work_sync(&q->table.flusher);
+	if (q->rebuild)
+		WRITE_ONCE(q->rebuild->paused, true);
+	if (q->hash_wq)
+		flush_workqueue(q->hash_wq);
+	flush_workqueue(q->wq);
+}
+
+/*
+ * Write back everything, the dedup table last and closed; called with no
+ * I/O in flight and the worker stopped.  The next write after a resume
+ * opens the table again.
+ */
+static void final_commit(struct qcow2dedup *q)
+{
+	int r;
+
+	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE)
+		return;
+	r = qcow2_md_commit(q->md, true);
+	if (!r)
+		r = qcow2dedup_table_close(q);
+	if (r)
+		qcow2dedup_metadata_error(q, "commit", r);
+	WRITE_ONCE(q->autoclear_done, false);
+}
+
+/*
+ * The engines.  An engine (struct qcow2dedup) is one image in service: its
+ * metadata, index, table, worker and pools.  The tables of one mapped
+ * device share it: a reload (lvchange --refresh, a new table line with the
+ * same options) takes the live engine over, so that it reads nothing again
+ * and the swap freezes I/O no longer than the suspend does.  A table that
+ * changes what the engine was built for (the options, the length, the
+ * device size, read-only or not) gets an engine of its own, but only while
+ * the old one is suspended, which then retires.  Another mapped device
+ * cannot use an image that one uses: QEMU's image locks do not see the
+ * kernel, so the target keeps two writers apart itself (two read-only
+ * devices may share an image).
+ *
+ * engines_lock protects the list, every engine's @refs, @retired and
+ * @quiesced; it is held only briefly (never across the reading of an image).
+ */
+static DEFINE_MUTEX(engines_lock);
+static LIST_HEAD(engines);
+
+static void engine_free(struct qcow2dedup *q)
 {
 	if (q->wq) {
 		cancel_delayed_work_sync(&q->waker);
@@ -1215,12 +1290,305 @@ static void qcow2dedup_free(struct qcow2dedup *q)
 	kvfree(q->cbuf);
 	kvfree(q->dbuf);
 	qcow2_md_close(q->md);
-	if (q->dev)
-		dm_put_device(q->ti, q->dev);
-	while (q->opt.argc)
-		kfree(q->opt.argv[--q->opt.argc]);
-	kfree(q->opt.argv);
 	kfree(q);
+}
+
+/* Read the image's metadata; *@why names the problem for ti->error. */
+static int engine_open_md(struct qcow2dedup *q, struct dm_target *ti,
+			  struct qcow2_metadata **mdp, const char **why_str)
+{
+	struct qcow2_metadata *md;
+	struct qcow2_refusal why;
+	int r;
+
+	md = qcow2_md_open(q->bdev, ti->len, q->writable, wait_for_readers, q, &why);
+	if (!IS_ERR(md)) {
+		qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy,
+				       qcow2dedup_table_before_commit);
+		*mdp = md;
+		return 0;
+	}
+	r = PTR_ERR(md);
+	if (r == -EINVAL) {
+		*why_str = qcow2_err_str(why.err);
+		DMERR("%pg: %s (value %llu = 0x%llx)", q->bdev, *why_str,
+		      why.value, why.value);
+	} else {
+		*why_str = "Cannot read the qcow2 metadata";
+		DMERR("%pg: cannot read the qcow2 metadata: %d", q->bdev, r);
+	}
+	return r;
+}
+
+/*
+ * A new engine for the image on @bdev: the metadata is read and the dedup
+ * table loaded now, while nothing is frozen (the device is not live, or
+ * suspended by its owner for the change).
+ */
+static int engine_create(struct dm_target *ti, struct block_device *bdev,
+			 const struct qcow2dedup_options *opt, bool writable,
+			 struct qcow2dedup **qp)
+{
+	struct qcow2dedup *q;
+	const char *why;
+	int r;
+
+	q = kzalloc(sizeof(*q), GFP_KERNEL);
+	if (!q) {
+		ti->error = "Cannot allocate target context";
+		return -ENOMEM;
+	}
+	q->owner = dm_table_get_md(ti->table);
+	q->bdev = bdev;
+	q->opt = *opt;
+	q->opt.argc = 0;
+	q->opt.argv = NULL;
+	mutex_init(&q->ctl);
+	spin_lock_init(&q->lock);
+	bio_list_init(&q->deferred);
+	bio_list_init(&q->flushes);
+	bio_list_init(&q->commit_waiters);
+	INIT_LIST_HEAD(&q->completed);
+	INIT_LIST_HEAD(&q->hashed);
+	INIT_LIST_HEAD(&q->barrier_wait);
+	INIT_LIST_HEAD(&q->engines_node);
+	INIT_WORK(&q->worker, do_worker);
+	INIT_DELAYED_WORK(&q->waker, do_waker);
+	INIT_DELAYED_WORK(&q->retry, do_retry);
+	INIT_DELAYED_WORK(&q->table.flusher, qcow2dedup_table_flusher);
+	init_waitqueue_head(&q->table.flush_wait);
+	xa_init(&q->table.seen);
+	q->busy = RB_ROOT;
+	/* Not resumed yet: quiet, and nothing written. */
+	q->suspended = true;
+	q->quiesced = true;
+	q->stopped = true;
+	spin_lock_init(&q->io_lock);
+	init_waitqueue_head(&q->io_wait);
+	q->writable = writable;
+	q->mode = MODE_WRITE;
+
+	r = engine_open_md(q, ti, &q->md, &why);
+	if (r) {
+		ti->error = (char *)why;
+		goto bad;
+	}
+	q->geo = qcow2_md_geometry(q->md);
+
+	r = -ENOMEM;
+	q->dc = qcow2_decompressor_create(q->geo->compression_type);
+	q->cbuf = kvmalloc(2 * q->geo->cluster_size + SECTOR_SIZE, GFP_KERNEL);
+	q->dbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
+	if (!q->dc || !q->cbuf || !q->dbuf) {
+		ti->error = "Cannot allocate decompression buffers";
+		goto bad;
+	}
+	q->max_buffered_ops = clamp_t(u64, BUFFERED_BYTES >> q->geo->cluster_bits, 4, 256);
+	q->max_ops = MAX_OPS;
+	r = mempool_init_slab_pool(&q->op_pool, q->max_ops, op_cache);
+	if (!r) {
+		unsigned int nr = clamp_t(u64, RESERVED_BUF_BYTES >> q->geo->cluster_bits, 2,
+					  q->max_buffered_ops);
+
+		q->buf_order = q->geo->cluster_bits >= PAGE_SHIFT ?
+			       q->geo->cluster_bits - PAGE_SHIFT : -1;
+		r = q->buf_order < 0 ?
+		    mempool_init_kmalloc_pool(&q->buf_pool, nr, q->geo->cluster_size) :
+		    mempool_init_page_pool(&q->buf_pool, nr, q->buf_order);
+	}
+	if (r) {
+		ti->error = "Cannot allocate the I/O memory pools";
+		goto bad;
+	}
+	r = -ENOMEM;
+	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS)) {
+		ti->error = "Cannot allocate bio set";
+		goto bad;
+	}
+	q->io = dm_io_client_create();
+	if (IS_ERR(q->io)) {
+		r = PTR_ERR(q->io);
+		q->io = NULL;
+		ti->error = "Cannot create dm-io client";
+		goto bad;
+	}
+	q->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 0);
+	if (!q->wq) {
+		ti->error = "Cannot allocate workqueue";
+		goto bad;
+	}
+	if (!q->opt.nodedup) {
+		r = qcow2dedup_dedup_ctr(q, ti);
+		if (r)
+			goto bad;
+	}
+	r = qcow2dedup_table_init(q);
+	if (!r && q->dedup)
+		r = qcow2dedup_rebuild_init(q);
+	if (r) {
+		ti->error = "Cannot allocate the dedup table";
+		goto bad;
+	}
+	r = qcow2dedup_table_load(q);
+	if (r) {
+		ti->error = "Cannot read the dedup table";
+		DMERR("%pg: cannot read the dedup table: %d", q->bdev, r);
+		goto bad;
+	}
+	*qp = q;
+	return 0;
+bad:
+	engine_free(q);
+	return r;
+}
+
+/* Why a table cannot use engine @q, or NULL if it can. */
+static const char *engine_mismatch(struct qcow2dedup *q, const struct qcow2dedup_options *o,
+				   struct dm_target *ti, bool writable)
+{
+	if (q->writable != writable)
+		return "read-only or read-write";
+	if ((u64)ti->len << SECTOR_SHIFT != q->geo->size)
+		return "length";
+	if (bdev_nr_bytes(q->bdev) != q->geo->dev_size)
+		return "device size";
+	if (o->nodedup != q->opt.nodedup || o->verify != q->opt.verify ||
+	    strcmp(o->hash, q->opt.hash) || o->index_limit_mib != q->opt.index_limit_mib ||
+	    o->flush_interval_ms != q->opt.flush_interval_ms)
+		return "options";
+	return NULL;
+}
+
+/*
+ * Another mapped device using the image on @bdev in a way that excludes
+ * this table (a writer on either side), or NULL.  Under engines_lock.
+ */
+static struct qcow2dedup *engine_conflict(struct block_device *bdev,
+					  struct mapped_device *owner, bool writable)
+{
+	struct qcow2dedup *q;
+
+	list_for_each_entry(q, &engines, engines_node)
+		if (q->bdev == bdev && q->owner != owner && !q->retired &&
+		    (writable || q->writable))
+			return q;
+	return NULL;
+}
+
+/* The live engine of this mapped device for @bdev.  Under engines_lock. */
+static struct qcow2dedup *engine_own(struct block_device *bdev,
+				     struct mapped_device *owner)
+{
+	struct qcow2dedup *q;
+
+	list_for_each_entry(q, &engines, engines_node)
+		if (q->bdev == bdev && q->owner == owner && !q->retired)
+			return q;
+	return NULL;
+}
+
+static int engine_refuse_conflict(struct dm_target *ti, struct qcow2dedup *other,
+				  struct block_device *bdev)
+{
+	char name[DM_NAME_LEN] = "";
+
+	dm_copy_name_and_uuid(other->owner, name, NULL);
+	ti->error = "Device already in use by another qcow2dedup device";
+	DMERR("%pg: already in use by qcow2dedup device %s (%s, %s): refused", bdev, name,
+	      dm_device_name(other->owner), other->writable ? "read-write" : "read-only");
+	return -EBUSY;
+}
+
+/* Find or make the engine of target @c. */
+static int engine_get(struct qcow2dedup_c *c, const struct qcow2dedup_options *o,
+		      bool writable)
+{
+	struct dm_target *ti = c->ti;
+	struct mapped_device *owner = dm_table_get_md(ti->table);
+	struct block_device *bdev = c->dev->bdev;
+	struct qcow2dedup *q, *old, *other;
+	const char *why;
+	int r;
+
+	mutex_lock(&engines_lock);
+	other = engine_conflict(bdev, owner, writable);
+	if (other) {
+		r = engine_refuse_conflict(ti, other, bdev);
+		mutex_unlock(&engines_lock);
+		return r;
+	}
+	old = engine_own(bdev, owner);
+	if (old) {
+		why = engine_mismatch(old, o, ti, writable);
+		if (!why) {
+			old->refs++;
+			c->q = old;
+			mutex_unlock(&engines_lock);
+			return 0;
+		}
+		if (!old->quiesced) {
+			mutex_unlock(&engines_lock);
+			ti->error = "Cannot change the table of an active device: suspend it first";
+			DMERR("%s: new table changes the %s: suspend the device before loading it",
+			      dm_device_name(owner), why);
+			return -EBUSY;
+		}
+	}
+	mutex_unlock(&engines_lock);
+
+	r = engine_create(ti, bdev, o, writable, &q);
+	if (r)
+		return r;
+
+	mutex_lock(&engines_lock);
+	other = engine_conflict(bdev, owner, writable);
+	if (other || (old && engine_own(bdev, owner) != old) || (!old && engine_own(bdev, owner))) {
+		/* Another table came first: try again. */
+		r = other ? engine_refuse_conflict(ti, other, bdev) : -EBUSY;
+		if (!other)
+			ti->error = "Another table of the device was loaded meanwhile";
+		mutex_unlock(&engines_lock);
+		engine_free(q);
+		return r;
+	}
+	if (old)
+		old->retired = true;
+	q->refs = 1;
+	list_add(&q->engines_node, &engines);
+	mutex_unlock(&engines_lock);
+	c->q = q;
+	return 0;
+}
+
+/* The last table of @q went: write everything back and free it. */
+static void engine_put(struct qcow2dedup *q)
+{
+	bool last;
+
+	mutex_lock(&engines_lock);
+	last = !--q->refs;
+	if (last)
+		list_del(&q->engines_node);
+	mutex_unlock(&engines_lock);
+	if (!last)
+		return;
+	quiesce(q);
+	/* A retired engine wrote its last at its suspend; the image is not its own. */
+	if (!q->retired)
+		final_commit(q);
+	engine_free(q);
+}
+
+static void target_free(struct qcow2dedup_c *c)
+{
+	if (c->q)
+		engine_put(c->q);
+	if (c->dev)
+		dm_put_device(c->ti, c->dev);
+	while (c->opt.argc)
+		kfree(c->opt.argv[--c->opt.argc]);
+	kfree(c->opt.argv);
+	kfree(c);
 }
 
 /*
@@ -1315,133 +1683,42 @@ static int parse_options(struct dm_target *ti, struct dm_arg_set *as,
 static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
-	struct qcow2_refusal why;
+	struct qcow2dedup_c *c;
 	struct qcow2dedup *q;
 	const char *path;
+	bool writable;
 	int r;
 
 	if (argc < 1) {
 		ti->error = "Missing device argument";
 		return -EINVAL;
 	}
-	q = kzalloc(sizeof(*q), GFP_KERNEL);
-	if (!q) {
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c) {
 		ti->error = "Cannot allocate target context";
 		return -ENOMEM;
 	}
-	q->ti = ti;
-	spin_lock_init(&q->lock);
-	bio_list_init(&q->deferred);
-	bio_list_init(&q->flushes);
-	bio_list_init(&q->commit_waiters);
-	INIT_LIST_HEAD(&q->completed);
-	INIT_LIST_HEAD(&q->hashed);
-	INIT_LIST_HEAD(&q->barrier_wait);
-	INIT_WORK(&q->worker, do_worker);
-	INIT_DELAYED_WORK(&q->waker, do_waker);
-	INIT_DELAYED_WORK(&q->retry, do_retry);
-	INIT_DELAYED_WORK(&q->table.flusher, qcow2dedup_table_flusher);
-	init_waitqueue_head(&q->table.flush_wait);
-	xa_init(&q->table.seen);
-	q->busy = RB_ROOT;
-	q->suspended = true;		/* until the first resume */
-	spin_lock_init(&q->io_lock);
-	init_waitqueue_head(&q->io_wait);
-
+	c->ti = ti;
 	path = dm_shift_arg(&as);
-	r = parse_options(ti, &as, &q->opt);
+	r = parse_options(ti, &as, &c->opt);
 	if (r)
 		goto bad;
-
-	q->writable = dm_table_get_mode(ti->table) & BLK_OPEN_WRITE;
-	q->mode = MODE_WRITE;
-	r = dm_get_device(ti, path, dm_table_get_mode(ti->table), &q->dev);
+	writable = dm_table_get_mode(ti->table) & BLK_OPEN_WRITE;
+	r = dm_get_device(ti, path, dm_table_get_mode(ti->table), &c->dev);
 	if (r) {
 		ti->error = "Device lookup failed";
 		goto bad;
 	}
-
-	q->md = qcow2_md_open(q->dev->bdev, ti->len, q->writable, wait_for_readers,
-			      q, &why);
-	if (IS_ERR(q->md)) {
-		r = PTR_ERR(q->md);
-		q->md = NULL;
-		if (r == -EINVAL) {
-			ti->error = qcow2_err_str(why.err);
-			DMERR("%pg: %s (value %llu = 0x%llx)", q->dev->bdev,
-			      ti->error, why.value, why.value);
-		} else {
-			ti->error = "Cannot read the qcow2 metadata";
-			DMERR("%pg: cannot read the qcow2 metadata: %d",
-			      q->dev->bdev, r);
-		}
+	r = engine_get(c, &c->opt, writable);
+	if (r)
 		goto bad;
-	}
-	q->geo = qcow2_md_geometry(q->md);
-	qcow2_md_set_callbacks(q->md, qcow2dedup_survivor, guest_busy,
-			       qcow2dedup_table_before_commit);
+	q = c->q;
 
 	r = dm_set_target_max_io_len(ti, q->geo->cluster_size >> SECTOR_SHIFT);
 	if (r) {
 		ti->error = "Cannot set the cluster size as maximum I/O length";
 		goto bad;
 	}
-
-	r = -ENOMEM;
-	q->dc = qcow2_decompressor_create(q->geo->compression_type);
-	q->cbuf = kvmalloc(2 * q->geo->cluster_size + SECTOR_SIZE, GFP_KERNEL);
-	q->dbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
-	if (!q->dc || !q->cbuf || !q->dbuf) {
-		ti->error = "Cannot allocate decompression buffers";
-		goto bad;
-	}
-	q->max_buffered_ops = clamp_t(u64, BUFFERED_BYTES >> q->geo->cluster_bits, 4, 256);
-	q->max_ops = MAX_OPS;
-	r = mempool_init_slab_pool(&q->op_pool, q->max_ops, op_cache);
-	if (!r) {
-		unsigned int nr = clamp_t(u64, RESERVED_BUF_BYTES >> q->geo->cluster_bits, 2,
-					  q->max_buffered_ops);
-
-		q->buf_order = q->geo->cluster_bits >= PAGE_SHIFT ?
-			       q->geo->cluster_bits - PAGE_SHIFT : -1;
-		r = q->buf_order < 0 ?
-		    mempool_init_kmalloc_pool(&q->buf_pool, nr, q->geo->cluster_size) :
-		    mempool_init_page_pool(&q->buf_pool, nr, q->buf_order);
-	}
-	if (r) {
-		ti->error = "Cannot allocate the I/O memory pools";
-		goto bad;
-	}
-	r = -ENOMEM;
-	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS)) {
-		ti->error = "Cannot allocate bio set";
-		goto bad;
-	}
-	q->io = dm_io_client_create();
-	if (IS_ERR(q->io)) {
-		r = PTR_ERR(q->io);
-		q->io = NULL;
-		ti->error = "Cannot create dm-io client";
-		goto bad;
-	}
-	q->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 0);
-	if (!q->wq) {
-		ti->error = "Cannot allocate workqueue";
-		goto bad;
-	}
-	if (!q->opt.nodedup) {
-		r = qcow2dedup_dedup_ctr(q, ti);
-		if (r)
-			goto bad;
-	}
-	r = qcow2dedup_table_init(q);
-	if (!r && q->dedup)
-		r = qcow2dedup_rebuild_init(q);
-	if (r) {
-		ti->error = "Cannot allocate the dedup table";
-		goto bad;
-	}
-
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
 	ti->per_io_data_size = sizeof(struct qcow2_bio);
@@ -1450,57 +1727,21 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->discards_supported = true;
 		ti->num_write_zeroes_bios = 1;
 	}
-	ti->private = q;
+	ti->private = c;
 	return 0;
 bad:
-	qcow2dedup_free(q);
+	target_free(c);
 	return r;
-}
-
-/* Stop the timers and the rebuild's batches, and let the worker settle. */
-static void quiesce(struct qcow2dedup *q)
-{
-	WRITE_ONCE(q->suspended, true);
-	cancel_delayed_work_sync(&q->waker);
-	cancel_delayed_work_sync(&q->retry);
-	cancel_delayed_work_sync(&q->table.flusher);
-	if (q->rebuild)
-		WRITE_ONCE(q->rebuild->paused, true);
-	if (q->hash_wq)
-		flush_workqueue(q->hash_wq);
-	flush_workqueue(q->wq);
-}
-
-/*
- * Write back everything, the dedup table last and closed; called with no
- * I/O in flight.  The next write after a resume opens the table again.
- */
-static void final_commit(struct qcow2dedup *q)
-{
-	int r;
-
-	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE)
-		return;
-	r = qcow2_md_commit(q->md, true);
-	if (!r)
-		r = qcow2dedup_table_close(q);
-	if (r)
-		qcow2dedup_metadata_error(q, "commit", r);
-	WRITE_ONCE(q->autoclear_done, false);
 }
 
 static void qcow2dedup_dtr(struct dm_target *ti)
 {
-	struct qcow2dedup *q = ti->private;
-
-	quiesce(q);
-	final_commit(q);
-	qcow2dedup_free(q);
+	target_free(ti->private);
 }
 
 static void qcow2dedup_presuspend(struct dm_target *ti)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup *q = ((struct qcow2dedup_c *)ti->private)->q;
 
 	WRITE_ONCE(q->suspended, true);
 	cancel_delayed_work_sync(&q->waker);
@@ -1511,67 +1752,120 @@ static void qcow2dedup_presuspend(struct dm_target *ti)
 
 static void qcow2dedup_postsuspend(struct dm_target *ti)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup *q = ((struct qcow2dedup_c *)ti->private)->q;
 
 	quiesce(q);
 	final_commit(q);
+	mutex_lock(&engines_lock);
+	WRITE_ONCE(q->quiesced, true);
+	mutex_unlock(&engines_lock);
 }
 
 /*
- * A table replacing another one for the same image was constructed while
- * the old one was still active, so the metadata read then may predate the
- * old table's last commit (made in its postsuspend, before this runs).
- * Read it again before the first resume.
+ * The image changed while the device was suspended, or the table was
+ * reloaded to leave read-only or fail mode: read the metadata again and
+ * load the dedup table again.  The buffers stay, so the geometry they were
+ * sized for must not have changed.  Under q->ctl, with the worker idle.
  */
-static int qcow2dedup_preresume(struct dm_target *ti)
+static int engine_reload(struct qcow2dedup *q, struct dm_target *ti)
 {
-	struct qcow2dedup *q = ti->private;
+	const struct qcow2_geometry *g, *old = q->geo;
 	struct qcow2_metadata *md;
-	struct qcow2_refusal why;
+	const char *why = NULL;
 	int r;
 
-	if (q->resumed)
-		return 0;
-	md = qcow2_md_open(q->dev->bdev, ti->len, q->writable, wait_for_readers,
-			   q, &why);
-	if (IS_ERR(md)) {
-		DMERR("%s: cannot read the qcow2 metadata again: %s (%ld)",
-		      qcow2dedup_dev_name(q), PTR_ERR(md) == -EINVAL ?
-		      qcow2_err_str(why.err) : "I/O error", PTR_ERR(md));
-		return PTR_ERR(md);
+	r = engine_open_md(q, ti, &md, &why);
+	if (r) {
+		DMERR("%s: resume refused: %s", qcow2dedup_dev_name(q), why);
+		return r;
+	}
+	g = qcow2_md_geometry(md);
+	if (g->cluster_bits != old->cluster_bits)
+		why = "cluster size";
+	else if (g->dev_size != old->dev_size)
+		why = "device size";
+	else if (g->version != old->version)
+		why = "qcow2 version";
+	else if (g->compression_type != old->compression_type)
+		why = "compression type";
+	if (why) {
+		DMERR("%s: resume refused: the image's %s changed while suspended: reload",
+		      qcow2dedup_dev_name(q), why);
+		qcow2_md_close(md);
+		return -EINVAL;
 	}
 	qcow2_md_close(q->md);
 	q->md = md;
-	q->geo = qcow2_md_geometry(md);
-	qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy,
-			       qcow2dedup_table_before_commit);
-	q->dbuf_offset = 0;
-	q->resumed = true;
-
-	/* The dedup table, read now for the same reason. */
-	r = qcow2dedup_table_load(q);
-	if (r) {
+	q->geo = g;
+	WRITE_ONCE(q->mode, MODE_WRITE);
+	WRITE_ONCE(q->autoclear_done, false);
+	r = qcow2dedup_table_reload(q);
+	if (r)
 		DMERR("%s: cannot read the dedup table: %d", qcow2dedup_dev_name(q), r);
-		return r;
+	return r;
+}
+
+/*
+ * Before every resume: the engine's metadata is kept over a suspend, a
+ * reload of the same table included, unless another program wrote the
+ * image meanwhile (qcow2_md_unchanged()) or a new table should leave a
+ * read-only or fail mode.  The index's entries are compared with their
+ * clusters again before their next share (the worker marks them): what a
+ * suspend lets happen to the image is not trusted either.
+ */
+static int qcow2dedup_preresume(struct dm_target *ti)
+{
+	struct qcow2dedup_c *c = ti->private;
+	struct qcow2dedup *q = c->q;
+	unsigned int noio;
+	int r;
+
+	mutex_lock(&q->ctl);
+	if (READ_ONCE(q->retired)) {
+		DMERR("%s: resume refused: a newer table replaced this one; load it again",
+		      qcow2dedup_dev_name(q));
+		r = -EBUSY;
+		goto out;
 	}
-	if (q->table.enabled && (!q->table.info.root || q->table.incomplete))
-		qcow2dedup_rebuild_start(q, !q->table.found);
-	return 0;
+	/* A worker pass under way sees the engine quiesced and ends. */
+	flush_workqueue(q->wq);
+	noio = memalloc_noio_save();
+	r = q->active != c && READ_ONCE(q->mode) != MODE_WRITE ? 0 : qcow2_md_unchanged(q->md);
+	if (r == 0) {
+		DMINFO("%s: %s: reading the metadata again", qcow2dedup_dev_name(q),
+		       READ_ONCE(q->mode) != MODE_WRITE ? "leaving the error mode" :
+		       "the image was changed while the device was suspended");
+		r = engine_reload(q, ti);
+	} else if (r == 1) {
+		r = 0;
+	}
+	memalloc_noio_restore(noio);
+	q->dbuf_offset = 0;
+	if (!r && q->dedup)
+		WRITE_ONCE(q->reverify, true);
+out:
+	mutex_unlock(&q->ctl);
+	return r;
 }
 
 static void qcow2dedup_resume(struct dm_target *ti)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup_c *c = ti->private;
+	struct qcow2dedup *q = c->q;
 
+	q->active = c;
+	mutex_lock(&engines_lock);
+	WRITE_ONCE(q->quiesced, false);
+	mutex_unlock(&engines_lock);
+	WRITE_ONCE(q->stopped, false);
 	if (!q->writable)
 		return;
 	WRITE_ONCE(q->suspended, false);
 	queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
 	qcow2dedup_table_schedule(q);
-	if (q->rebuild) {
+	if (q->rebuild)
 		WRITE_ONCE(q->rebuild->paused, false);
-		qcow2dedup_wake(q);
-	}
+	qcow2dedup_wake(q);
 }
 
 /*
@@ -1581,18 +1875,22 @@ static void qcow2dedup_resume(struct dm_target *ti)
  *	    <reads_compressed> <dedup_hits> <zero_clusters> <index_entries>
  *	    <table_state>
  *   TABLE: <dev> [<#opt_args> <opt_args>...], as given
+ *
+ * Under q->ctl: a resume may replace the metadata.
  */
 static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 			      unsigned int status_flags, char *result,
 			      unsigned int maxlen)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup_c *c = ti->private;
+	struct qcow2dedup *q = c->q;
 	const char *mode = q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] : "read-only";
 	unsigned int sz = 0;
 	u64 used = 0, total = 0;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
+		mutex_lock(&q->ctl);
 		if (q->writable)
 			qcow2_md_usage(q->md, &used, &total);
 		DMEMIT("%s %u %llu ", mode, q->geo->version, q->geo->cluster_size);
@@ -1609,20 +1907,21 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 		       (long long)atomic64_read(&q->dedup_hits),
 		       (long long)atomic64_read(&q->zero_clusters),
 		       READ_ONCE(q->index.entries), qcow2dedup_table_state(q));
+		mutex_unlock(&q->ctl);
 		break;
 	case STATUSTYPE_TABLE:
-		DMEMIT("%s", q->dev->name);
-		if (q->opt.argc) {
+		DMEMIT("%s", c->dev->name);
+		if (c->opt.argc) {
 			unsigned int i;
 
-			DMEMIT(" %u", q->opt.argc);
-			for (i = 0; i < q->opt.argc; i++)
-				DMEMIT(" %s", q->opt.argv[i]);
+			DMEMIT(" %u", c->opt.argc);
+			for (i = 0; i < c->opt.argc; i++)
+				DMEMIT(" %s", c->opt.argv[i]);
 		}
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",dev=%s,mode=%s;", q->dev->name, mode);
+		DMEMIT(",dev=%s,mode=%s;", c->dev->name, mode);
 		break;
 	}
 }
@@ -1636,45 +1935,55 @@ static void qcow2dedup_status(struct dm_target *ti, status_type_t type,
 static int qcow2dedup_message(struct dm_target *ti, unsigned int argc,
 			      char **argv, char *result, unsigned int maxlen)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup *q = ((struct qcow2dedup_c *)ti->private)->q;
+	bool flush;
+	int r;
 
-	if (argc == 1 && !strcasecmp(argv[0], "stats"))
-		return qcow2dedup_stats(q, result, maxlen);
-	if (argc == 1 && (!strcasecmp(argv[0], "flush") ||
-			  !strcasecmp(argv[0], "rebuild"))) {
-		if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE) {
-			DMERR("%s: %s refused: the target is in %s mode",
-			      qcow2dedup_dev_name(q), argv[0], q->writable ?
-			      qcow2dedup_mode_names[READ_ONCE(q->mode)] : "read-only");
-			return -EROFS;
-		}
-		if (!strcasecmp(argv[0], "flush"))
-			return qcow2dedup_table_message_flush(q);
-		if (!q->rebuild) {
-			DMERR("%s: rebuild refused: deduplication is off",
-			      qcow2dedup_dev_name(q));
-			return -EINVAL;
-		}
-		qcow2dedup_rebuild_start(q, false);
-		return 0;
+	if (argc == 1 && !strcasecmp(argv[0], "stats")) {
+		mutex_lock(&q->ctl);
+		r = qcow2dedup_stats(q, result, maxlen);
+		mutex_unlock(&q->ctl);
+		return r;
 	}
-	DMERR("%s: unknown message \"%s\" (known: stats, flush, rebuild)",
-	      qcow2dedup_dev_name(q), argc ? argv[0] : "");
-	return -EINVAL;
+	if (argc != 1 || (strcasecmp(argv[0], "flush") && strcasecmp(argv[0], "rebuild"))) {
+		DMERR("%s: unknown message \"%s\" (known: stats, flush, rebuild)",
+		      qcow2dedup_dev_name(q), argc ? argv[0] : "");
+		return -EINVAL;
+	}
+	flush = !strcasecmp(argv[0], "flush");
+	mutex_lock(&q->ctl);
+	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE) {
+		DMERR("%s: %s refused: the target is in %s mode",
+		      qcow2dedup_dev_name(q), argv[0], q->writable ?
+		      qcow2dedup_mode_names[READ_ONCE(q->mode)] : "read-only");
+		r = -EROFS;
+	} else if (!flush && !q->rebuild) {
+		DMERR("%s: rebuild refused: deduplication is off", qcow2dedup_dev_name(q));
+		r = -EINVAL;
+	} else {
+		if (!flush)
+			qcow2dedup_rebuild_start(q, false);
+		r = 0;
+	}
+	mutex_unlock(&q->ctl);
+	/* Not under q->ctl: the flush waits for the worker. */
+	if (!r && flush)
+		r = qcow2dedup_table_message_flush(q);
+	return r;
 }
 
 static int qcow2dedup_iterate_devices(struct dm_target *ti,
 				      iterate_devices_callout_fn fn, void *data)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup_c *c = ti->private;
 
-	return fn(ti, q->dev, 0, bdev_nr_sectors(q->dev->bdev), data);
+	return fn(ti, c->dev, 0, bdev_nr_sectors(c->dev->bdev), data);
 }
 
 static void qcow2dedup_io_hints(struct dm_target *ti,
 				struct queue_limits *limits)
 {
-	struct qcow2dedup *q = ti->private;
+	struct qcow2dedup *q = ((struct qcow2dedup_c *)ti->private)->q;
 	u64 cs = q->geo->cluster_size;
 
 	limits->io_opt = cs;
@@ -1689,12 +1998,20 @@ static void qcow2dedup_io_hints(struct dm_target *ti,
 	if (q->writable) {
 		limits->discard_granularity = cs;
 		limits->max_hw_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
+		/*
+		 * Write-zeroes is done here, in whole clusters where it can
+		 * (zero entries), whatever <dev> takes: a multiple of the
+		 * cluster size, so that long ones are not cut into pieces
+		 * smaller than a cluster.
+		 */
+		limits->max_write_zeroes_sectors =
+			round_down(UINT_MAX >> SECTOR_SHIFT, cs >> SECTOR_SHIFT);
 	}
 }
 
 static struct target_type qcow2dedup_target = {
 	.name = "qcow2dedup",
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2dedup_ctr,
 	.dtr = qcow2dedup_dtr,

@@ -39,6 +39,9 @@
 #define MEMORY_RETRY_DELAY	(HZ / 50)
 /* Clusters a discard or write-zeroes handles per pass of the worker. */
 #define DISCARD_PER_PASS	4096U
+/* Default index memory limit: a share of RAM, at least the minimum. */
+#define INDEX_RAM_SHARE		16U
+#define INDEX_LIMIT_MIN		(16ULL << 20)
 /* Default interval of dedup table write-back, in milliseconds. */
 #define TABLE_FLUSH_MS		5000U
 /* The rebuild reads up to this many bytes per batch, in runs of clusters. */
@@ -135,9 +138,25 @@ struct qcow2dedup_rebuild {
 	struct qcow2dedup_rebuild_item item[REBUILD_BATCH];
 };
 
+/*
+ * The engine: one image in service, shared by the tables (targets) of one
+ * mapped device (see the registry in dm-qcow2dedup-target.c).
+ */
 struct qcow2dedup {
-	struct dm_target *ti;
-	struct dm_dev *dev;
+	struct list_head engines_node;	/* the registry, under engines_lock */
+	struct mapped_device *owner;	/* the dm device whose tables use it */
+	struct block_device *bdev;	/* the image's device */
+	unsigned int refs;		/* tables using it, under engines_lock */
+	bool retired;			/* a newer engine serves the image */
+	bool quiesced;			/* written back at a suspend, until resume */
+	bool stopped;			/* the worker answers messages only */
+	bool reverify;			/* after a resume: entries become hints */
+	void *active;			/* the target last resumed */
+	/*
+	 * @ctl: preresume (which may replace @md and reload the index) against
+	 * status and messages.  Never taken by the worker.
+	 */
+	struct mutex ctl;
 	struct qcow2_metadata *md;
 	const struct qcow2_geometry *geo;
 	bool writable;			/* the table was loaded read-write */
@@ -186,7 +205,6 @@ struct qcow2dedup {
 	unsigned int max_buffered_ops;
 	bool autoclear_done;
 	bool commit_due;
-	bool resumed;			/* preresume has run once */
 	bool suspended;			/* presuspend until resume: no timers */
 	struct qcow2_decompressor *dc;
 	void *cbuf;
@@ -220,6 +238,17 @@ struct qcow2dedup {
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
 	atomic64_t cow_copies;
+};
+
+/*
+ * One table's target: the device reference and the option words of its
+ * table line, and the engine it serves.
+ */
+struct qcow2dedup_c {
+	struct dm_target *ti;
+	struct dm_dev *dev;
+	struct qcow2dedup_options opt;
+	struct qcow2dedup *q;
 };
 
 /* Per-bio data. */
@@ -287,6 +316,7 @@ int qcow2dedup_table_init(struct qcow2dedup *q);
 void qcow2dedup_table_flusher(struct work_struct *ws);
 void qcow2dedup_table_free(struct qcow2dedup *q);
 int qcow2dedup_table_load(struct qcow2dedup *q);
+int qcow2dedup_table_reload(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
 int qcow2dedup_table_rebuilding(struct qcow2dedup *q);
 int qcow2dedup_table_before_commit(void *ctx);
@@ -302,6 +332,7 @@ u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
 /* dedup-rebuild.c */
 int qcow2dedup_rebuild_init(struct qcow2dedup *q);
 void qcow2dedup_rebuild_free(struct qcow2dedup *q);
+void qcow2dedup_rebuild_reset(struct qcow2dedup *q);
 void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);

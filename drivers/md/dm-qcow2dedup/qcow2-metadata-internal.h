@@ -23,6 +23,9 @@ struct qcow2_metadata {
 	bool writable;
 
 	u64 *l1;			/* committed L1 table, CPU order */
+	/* The first cluster as last read or written, for qcow2_md_unchanged(). */
+	void *hdr_copy;
+	size_t hdr_len;
 
 	/*
 	 * Changes not yet on disk, written by qcow2_md_commit():

@@ -230,8 +230,13 @@ static int read_header(struct qcow2_metadata *md, sector_t target_len,
 		r = qcow2_check_extensions(buf, len, g, why);
 	if (!r)
 		r = qcow2_check_target_len(g, target_len, why);
-	kvfree(buf);
-	return r;
+	if (r) {
+		kvfree(buf);
+		return r;
+	}
+	md->hdr_copy = buf;
+	md->hdr_len = len;
+	return 0;
 }
 
 static struct dm_bufio_client *new_client(struct block_device *bdev, u32 bits)
@@ -337,7 +342,72 @@ void qcow2_md_close(struct qcow2_metadata *md)
 		dm_bufio_client_destroy(md->bufio);
 	kvfree(md->reftable);
 	kvfree(md->l1);
+	kvfree(md->hdr_copy);
 	kfree(md);
+}
+
+/* Does the table of @n big-endian u64 at @off equal @mem (CPU order)? */
+static int table_unchanged(struct qcow2_metadata *md, u64 off, const u64 *mem, u64 n)
+{
+	const u64 chunk = 512;
+	u64 i, done, k;
+	__be64 *buf;
+	int r = 1;
+
+	buf = kmalloc_array(chunk, sizeof(*buf), GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	for (done = 0; done < n && r == 1; done += k) {
+		k = min(chunk, n - done);
+		r = qcow2_md_read_bytes(md, off + done * sizeof(u64), buf, k * sizeof(u64));
+		if (r)
+			break;
+		r = 1;
+		for (i = 0; i < k && r; i++)
+			if (be64_to_cpu(buf[i]) != mem[done + i])
+				r = 0;
+	}
+	kfree(buf);
+	return r;
+}
+
+/**
+ * qcow2_md_unchanged() - after a suspend, is the image still what this
+ *	object describes?
+ * @md: metadata, with nothing staged (the final commit of the suspend).
+ *
+ * Another program may have written the image while the device was
+ * suspended (qemu-img snapshot, resize, check -r).  The cached L2 tables
+ * and refcount blocks are dropped, so they are read again anyway; the
+ * header cluster, the L1 table and the refcount table are compared with
+ * the object's copies.  QEMU clears the dedup table's autoclear bit when it
+ * opens the image read-write, so a QEMU writer always changes the header.
+ *
+ * Context: preresume, no I/O in flight.
+ * Return: 1 unchanged, 0 changed, or a negative errno.
+ */
+int qcow2_md_unchanged(struct qcow2_metadata *md)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	void *buf;
+	int r;
+
+	dm_bufio_forget_buffers(md->bufio, 0, g->dev_size >> md->block_bits);
+	if (bdev_nr_bytes(md->bdev) != g->dev_size)
+		return 0;
+	buf = kvmalloc(md->hdr_len, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	r = qcow2_md_read_bytes(md, 0, buf, md->hdr_len);
+	if (!r)
+		r = !memcmp(buf, md->hdr_copy, md->hdr_len);
+	kvfree(buf);
+	if (r == 1 && g->l1_size)
+		r = table_unchanged(md, g->l1_table_offset, md->l1, g->l1_size);
+	if (r == 1 && md->reftable)
+		r = table_unchanged(md, g->refcount_table_offset, md->reftable,
+				    md->reftable_entries);
+	return r;
 }
 
 /**
@@ -555,7 +625,7 @@ static void old_clusters(struct qcow2_metadata *md, enum qcow2_cluster_type type
 			    (g->dev_size >> g->cluster_bits) - 1);
 		if (*last < (start + len - 1) >> g->cluster_bits && !md->warned_compressed) {
 			md->warned_compressed = true;
-			DMWARN("compressed cluster at host offset %llu runs past the end of the device: the clusters beyond are not counted",
+			DMWARN("compressed data at %llu runs past the end of the device",
 			       info->host_offset);
 		}
 		break;
@@ -835,7 +905,7 @@ static int apply_decrements(struct qcow2_metadata *md)
 			 */
 			if (!md->warned_underflow) {
 				md->warned_underflow = true;
-				DMWARN("refcount of host cluster %lu is lower than its references: left as it is (run qemu-img check -r all)",
+				DMWARN("refcount of cluster %lu lower than its references: kept",
 				       c);
 			}
 			continue;
@@ -1007,8 +1077,10 @@ int qcow2_md_write_header(struct qcow2_metadata *md, const void *buf, size_t len
 	if (len > md->geo.cluster_size || len < md->geo.header_length)
 		return -EINVAL;
 	r = qcow2_md_write_bytes(md, 0, buf, len);
-	if (!r)
+	if (!r) {
+		memcpy(md->hdr_copy, buf, min(len, md->hdr_len));
 		r = qcow2_md_flush(md);
+	}
 	if (!r && md->geo.version >= 3)
 		md->geo.autoclear_features = get_unaligned_be64(&h->autoclear_features);
 	return r;

@@ -28,6 +28,7 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 				     void (*wait_for_readers)(void *ctx),
 				     void *ctx, struct qcow2_refusal *why);
 void qcow2_md_close(struct qcow2_metadata *md);
+int qcow2_md_unchanged(struct qcow2_metadata *md);
 const struct qcow2_geometry *qcow2_md_geometry(struct qcow2_metadata *md);
 
 int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,

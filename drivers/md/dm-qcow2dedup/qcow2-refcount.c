@@ -101,6 +101,8 @@ int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 	memcpy(data + field_off, val, len);
 	dm_bufio_mark_buffer_dirty(b);
 	dm_bufio_release(b);
+	/* What the header is now, for qcow2_md_unchanged(). */
+	memcpy(md->hdr_copy + field_off, val, len);
 	r = dm_bufio_write_dirty_buffers(md->bufio);
 	return r ? r : dm_bufio_issue_flush(md->bufio);
 }

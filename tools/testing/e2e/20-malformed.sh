@@ -89,6 +89,10 @@ add_case hash-without-name 0 "$SECTORS" " 1 hash" \
 	"Unknown or incomplete optional argument" "" refuse
 add_case hash-unknown 0 "$SECTORS" " 2 hash nosuchhash" \
 	"Unknown hash algorithm (not an shash this kernel has)" "" refuse
+add_case hash-keyed 0 "$SECTORS" " 2 hash hmac(sha256)" \
+	"Keyed hash algorithms are not supported" "" refuse
+add_case hash-name-32-chars 0 "$SECTORS" " 2 hash hmac(hmac(hmac(sha256-generic)))" \
+	"Hash algorithm name too long (at most 31 characters)" "" refuse
 add_case hash-64bit-without-verify 0 "$SECTORS" " 2 hash xxhash64" \
 	"Hash digest shorter than 128 bits: add verify" "" refuse
 add_case index-limit-0 0 "$SECTORS" " 2 index_limit 0" \
