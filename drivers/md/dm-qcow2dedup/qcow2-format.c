@@ -95,7 +95,7 @@ static bool table_fits(const struct qcow2_geometry *g, u64 off, u64 bytes)
 	return off <= g->dev_size && bytes <= g->dev_size - off;
 }
 
-static int decode_features(const struct qcow2_header *h,
+static int decode_features(const struct qcow2_header *h, size_t len,
 			   struct qcow2_geometry *g, struct qcow2_refusal *why)
 {
 	const u64 known = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT |
@@ -126,6 +126,9 @@ static int decode_features(const struct qcow2_header *h,
 		return refuse(why, QCOW2_ERR_DATA_FILE, incompat);
 	if (incompat & QCOW2_INCOMPAT_EXTL2)
 		return refuse(why, QCOW2_ERR_EXTL2, incompat);
+	/* compression_type may lie beyond @len: the caller reads more. */
+	if (g->header_length > len)
+		return refuse(why, QCOW2_ERR_HEADER_LENGTH, g->header_length);
 
 	/* As QEMU: zlib must not set the bit, anything else must. */
 	g->compression_type = QCOW2_COMPRESSION_ZLIB;
@@ -227,11 +230,9 @@ int qcow2_decode_header(const void *buf, size_t len, u64 dev_size,
 	} else {
 		if (len < QCOW2_HEADER_V3_LEN)
 			return refuse(why, QCOW2_ERR_SHORT, len);
-		r = decode_features(h, g, why);
+		r = decode_features(h, len, g, why);
 		if (r)
 			return r;
-		if (g->header_length > len)
-			return refuse(why, QCOW2_ERR_HEADER_LENGTH, g->header_length);
 	}
 
 	crypt = get_unaligned_be32(&h->crypt_method);

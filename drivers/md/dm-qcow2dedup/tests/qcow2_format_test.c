@@ -136,6 +136,9 @@ MUT(m_hlen_cluster) { put_unaligned_be32(CS + 8, &h->header_length); }
 
 MUT(m_hlen_buf) { put_unaligned_be32(HDR_BUF + 8, &h->header_length); }
 
+/* compression_type (byte 104) is past the buffer: not looked at. */
+MUT(m_hlen_cut) { *len = QCOW2_HEADER_V3_LEN; h->compression_type = 2; }
+
 MUT(m_rc_order) { put_unaligned_be32(7, &h->refcount_order); }
 
 MUT(m_crypt) { put_unaligned_be32(2, &h->crypt_method); }
@@ -223,6 +226,7 @@ static const struct refusal_case refusal_cases[] = {
 	{ "header_length not multiple of 8", m_hlen_unaligned, QCOW2_ERR_HEADER_LENGTH, 108 },
 	{ "header_length beyond cluster", m_hlen_cluster, QCOW2_ERR_HEADER_LENGTH, CS + 8 },
 	{ "header_length beyond buffer", m_hlen_buf, QCOW2_ERR_HEADER_LENGTH, HDR_BUF + 8 },
+	{ "buffer ends before compression_type", m_hlen_cut, QCOW2_ERR_HEADER_LENGTH, 112 },
 	{ "refcount_order 7", m_rc_order, QCOW2_ERR_REFCOUNT_ORDER, 7 },
 	{ "encryption", m_crypt, QCOW2_ERR_ENCRYPTED, 2 },
 	{ "dirty bit", m_dirty, QCOW2_ERR_DIRTY, QCOW2_INCOMPAT_DIRTY },
