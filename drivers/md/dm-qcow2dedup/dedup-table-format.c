@@ -269,6 +269,9 @@ int qcow2_rewrite_extensions(const void *old, size_t len,
 			return PTR_ERR(e);
 		if (!e)
 			break;
+		/* Padding past the area: no end marker follows, and it is not ours to copy. */
+		if (ext_span(elen) > end - off)
+			return -EINVAL;
 		if (t == type) {
 			if (data && (!put_ext_hdr(out, end, &pos, type, data_len) ||
 				     !put(out, end, &pos, data, data_len) ||

@@ -260,6 +260,41 @@ static void ext_area_no_feature_table(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, memcmp(out + off, &data, sizeof(data)), 0);
 }
 
+/*
+ * The last extension's padding runs past the area (no room for an end
+ * marker) after an extension that the rewrite shrinks: refused, without
+ * reading past the area (the buffer has its exact size, for KASAN).
+ */
+static void ext_area_padding_past_end(struct kunit *test)
+{
+	static const struct qcow2_feature_name feat = { .type = 2, .bit = 60 };
+	const u32 end = HDR_LEN + 88 + 8 + 29;
+	struct qcow2_geometry g;
+	struct qcow2_refusal why;
+	struct qdt_info in;
+	struct qdt_ext ext;
+	u8 *old, *out;
+	size_t new_end;
+
+	geo_init(&g, 12, 1ULL << 30);
+	old = kunit_kzalloc(test, end, GFP_KERNEL);
+	out = kunit_kzalloc(test, end, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, old);
+	KUNIT_ASSERT_NOT_NULL(test, out);
+	/* A dedup table extension of 80 bytes, then 29 bytes padded to 32. */
+	put_unaligned_be32(QCOW2_EXT_DEDUP_TABLE, old + HDR_LEN);
+	put_unaligned_be32(80, old + HDR_LEN + 4);
+	put_unaligned_be32(0x12345678, old + HDR_LEN + 88);
+	put_unaligned_be32(29, old + HDR_LEN + 92);
+	/* As QEMU, the walk accepts an area that ends without a marker. */
+	KUNIT_EXPECT_EQ(test, qcow2_check_extensions(old, end, &g, &why), 0);
+	fill_info(&in);
+	qdt_encode_ext(&in, &ext);
+	KUNIT_EXPECT_EQ(test, qcow2_rewrite_extensions(old, end, &g, QCOW2_EXT_DEDUP_TABLE,
+						       &ext, sizeof(ext), &feat, out,
+						       &new_end), -EINVAL);
+}
+
 /* Damaged roots, directories and leaves are refused, for the right reason. */
 static void tree_damaged(struct kunit *test)
 {
@@ -440,6 +475,7 @@ static struct kunit_case dedup_table_cases[] = {
 	KUNIT_CASE(ext_damaged),
 	KUNIT_CASE(ext_area_rewrite),
 	KUNIT_CASE(ext_area_no_feature_table),
+	KUNIT_CASE(ext_area_padding_past_end),
 	KUNIT_CASE(tree_damaged),
 	KUNIT_CASE(slot_empty),
 	KUNIT_CASE(dirty_tracking),
