@@ -9,6 +9,7 @@
 #   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke
 #   make demo       the main job on a generated image, in UML
 #   make bench      dedup throughput and index memory (not part of check)
+#   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
 #
 # Kernel outputs live in a cache outside the clone (QCOW2DEDUP_CACHE).
 
@@ -23,13 +24,13 @@ KUNITCFG  := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/uml/uml.config
 JOBS      ?= $(shell nproc)
 
-.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench \
+.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench fuzz \
 	install install-tool clean help
 
 all: module tool
 
 help:
-	@sed -n '3,13s/^# \{0,1\}//p' Makefile
+	@sed -n '3,14s/^# \{0,1\}//p' Makefile
 
 module: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m W=1 modules
@@ -83,6 +84,13 @@ demo:
 bench: deps
 	tools/testing/bench/dedup-bench
 	tools/testing/bench/table-bench
+
+# Mutation campaign against the target in UML: FUZZ_N images (10000) made
+# from seed images by tools/testing/fuzz/qfuzz.py, FUZZ_SEED (random, printed),
+# FUZZ_JOBS UML instances (1).  Failing images in $(QCOW2DEDUP_CACHE)/fuzz/failures;
+# replay with tools/testing/fuzz/run --replay FILE...
+fuzz: uml
+	tools/testing/fuzz/run
 
 install: module install-tool
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m modules_install
