@@ -18,6 +18,7 @@
  *   f            fsync (a flush)     m          message "stats"
  *   v            read back what the writes left and compare
  *   s            the target must still be in "write" mode
+ *   p:SECONDS    pause (tests the runner's hang detection)
  *   an OP ending in "!" must succeed (crafted images, control images)
  *
  * For each image: a dm-linear device over its slot (so I/O outside the slot
@@ -503,6 +504,8 @@ static void run_ops(int fd, unsigned long long cs, unsigned long long bytes, cha
 			model(off, len, NULL, kind == 'z' && !r);
 		} else if (kind == 'f') {
 			r = fsync(fd) ? -errno : 0;
+		} else if (kind == 'p') {
+			sleep(atoi(ops[i] + 2));	/* the runner's own test of its watchdog */
 		} else if (kind == 'm') {
 			r = dm_message(dmname, "stats", stats, sizeof(stats));
 		} else if (kind == 's') {
@@ -785,6 +788,16 @@ int main(int argc, char **argv)
 		ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
 	}
 	kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	{
+		/* The markers must not be rate-limited away. */
+		int fd = open("/proc/sys/kernel/printk_devkmsg", O_WRONLY | O_CLOEXEC);
+
+		if (fd >= 0) {
+			if (write(fd, "on\n", 3) < 0)
+				perror("printk_devkmsg");
+			close(fd);
+		}
+	}
 	if (!jobs || logfd < 0 || ctl < 0) {
 		perror("qfuzz-helper: jobs, log or /dev/mapper/control");
 		return 2;

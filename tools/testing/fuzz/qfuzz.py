@@ -702,8 +702,9 @@ def plan_ops(buf, dev_size, seedgen=False):
         d = pick(dn)
         if not seedgen and d is not None and free(d, dn * cs):
             taken.append((d, dn * cs))
-            if rng.random() < 0.3:
-                ops.append("d:%d:%d" % (d + 512 * rng.randrange(1, 4) if cs > 2048 else d, dn * cs - 512))
+            if rng.random() < 0.3 and dn * cs > 2048:
+                # Misaligned: partial clusters at both ends.
+                ops.append("d:%d:%d" % (d + 512 * rng.randrange(1, 4), dn * cs - 2048))
             else:
                 ops.append("d:%d:%d" % (d, dn * cs))
         # Write-zeroes, over the duplicated range B half the time.
