@@ -19,6 +19,6 @@ corpus=$REPO/tools/testing/fuzz/corpus
 mapfile -t images < <(ls "$corpus"/*.qcow2.xz 2>/dev/null | sort)
 [ "${#images[@]}" -gt 0 ] || fail "the corpus $corpus is empty"
 log "replaying ${#images[@]} corpus images"
-FUZZ_CONFIRM=0 "$REPO/tools/testing/fuzz/run" --replay "${images[@]}" ||
+FUZZ_CONFIRM=0 FUZZ_HANG=${FUZZ_HANG:-60} "$REPO/tools/testing/fuzz/run" --replay "${images[@]}" ||
 	fail "some corpus images failed (see above; kept in $CACHE/fuzz/failures/)"
 log "all ${#images[@]} corpus images passed"

@@ -91,6 +91,37 @@ def c_qdt_dir_is_l2(t):
         ["w:4194304:65536:1", "w:8388608:65536:1", "f", "v", "s"], ["after-rw", "data"]
 
 
+def c_qdt_dir_is_l2_nocopied(t):
+    """The root names the L2 table as a directory, whose one entry (COPIED
+    cleared, as QEMU leaves it after some copy-on-writes) then names the
+    data cluster of guest 0 as a leaf."""
+    p = os.path.join(t, "i.qcow2")
+    base(p, writes=["write -P 0x11 0 64k"])
+    table(p)
+    b, img = load(p)
+    o, e = l2_entry(img, 0)
+    qfuzz.put(b, o, 8, e & ~qfuzz.COPIED)
+    qfuzz.put(b, img.qdt_ptrs[0], 8, img.l2_tables[0])
+    open(p, "wb").write(b)
+    return p, ("the dedup table's root names the L2 table as a directory (its one entry without "
+               "COPIED, so a valid leaf offset: the data cluster of guest 0)"), \
+        ["w:4194304:65536:1", "w:8388608:65536:1", "f", "v", "s"], ["after-rw", "data"]
+
+
+def c_qdt_leaf_is_l2_small(t):
+    """A leaf pointer naming an L2 table whose only entry maps guest 0."""
+    p = os.path.join(t, "i.qcow2")
+    base(p, writes=["write -P 0x11 0 64k"])
+    table(p)
+    b, img = load(p)
+    qfuzz.put(b, img.qdt_ptrs[1], 8, img.l2_tables[0])
+    open(p, "wb").write(b)
+    return p, ("the dedup table's directory names the L2 table as a leaf; its one entry (guest 0) "
+               "reads as the slot of host cluster 0, whose refcount does not match: the load must "
+               "not zero that 'slot' into the L2 table"), \
+        ["w:4194304:65536:1", "w:8388608:65536:1", "f", "v", "s"], ["after-rw", "data"]
+
+
 def c_qdt_leaf_is_l2(t):
     """A dedup table whose leaf pointer is the L2 table."""
     p = os.path.join(t, "i.qcow2")
@@ -253,6 +284,21 @@ def c_compressed_last_sector(t):
         ["w:0:4096:1", "d:65536:65536", "f", "v"], []
 
 
+def c_reftable_entry_zero(t):
+    """Found by make fuzz (FUZZ_SEED=100, image 42, minimized): no refcount
+    block for the first clusters; the first allocating write never ends
+    and fills kmalloc-128 until allocations fail."""
+    p = os.path.join(t, "i.qcow2")
+    base(p, writes=["write -P 0x11 0 64k"])
+    b, img = load(p)
+    qfuzz.put(b, img.rte[0], 8, 0)
+    open(p, "wb").write(b)
+    return p, ("refcount table entry 0 is 0 (no refcount block for the clusters the header, "
+               "L1 and data use); the first allocating write hung, the target filling kmalloc-128 "
+               "until page allocation failures (found by make fuzz, seed 100 image 42)"), \
+        ["w:1048576:65536:0", "f", "v"], []
+
+
 CASES = {
     "known-dup-copied-table": c_dup_copied_table,
     "known-qdt-dir-is-l2": c_qdt_dir_is_l2,
@@ -261,12 +307,15 @@ CASES = {
     "known-slot-wrong-digest": c_slot_wrong_digest,
     "known-zeroes-over-dedup": c_zeroes_over_dedup,
     "qdt-leaf-is-l2": c_qdt_leaf_is_l2,
+    "qdt-leaf-is-l2-small": c_qdt_leaf_is_l2_small,
+    "qdt-dir-is-l2-nocopied": c_qdt_dir_is_l2_nocopied,
     "l2-points-at-l1": c_l2_points_at_l1,
     "l2-points-at-refblock": c_l2_points_at_refblock,
     "qdt-leaf-is-refblock": c_qdt_leaf_is_refblock,
     "reftable-at-l1": c_reftable_at_l1,
     "snapshot-garbage": c_snapshot_garbage,
     "compressed-last-sector": c_compressed_last_sector,
+    "fuzz-reftable-entry-zero": c_reftable_entry_zero,
 }
 
 
