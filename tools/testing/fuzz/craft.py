@@ -299,6 +299,21 @@ def c_reftable_entry_zero(t):
         ["w:1048576:65536:0", "f", "v"], []
 
 
+def l2_maps_leaf(t, flags):
+    p = os.path.join(t, "i.qcow2")
+    base(p, writes=["write -P 0x11 0 64k", "write -P 0x22 1m 64k", "write -P 0x33 2m 64k"])
+    table(p)
+    b, img = load(p)
+    o, _ = l2_entry(img, 2 * M)
+    qfuzz.put(b, o, 8, qfuzz.COPIED | img.qdt_leaves[0])
+    qfuzz.put(b, img.qdt + 4, 4, flags)
+    open(p, "wb").write(b)
+    return p, ("the L2 entry of guest 2 MiB names the dedup table's leaf (table flags %d); the "
+               "read-write activation must read guest 2 MiB as the read-only one did (found by "
+               "make fuzz, seed 4242 image 769: the table load wrote into the leaf mapped as guest "
+               "data)" % flags), ["w:4194304:65536:0", "w:8388608:65536:0", "f", "v", "s"], []
+
+
 CASES = {
     "known-dup-copied-table": c_dup_copied_table,
     "known-qdt-dir-is-l2": c_qdt_dir_is_l2,
@@ -316,6 +331,9 @@ CASES = {
     "snapshot-garbage": c_snapshot_garbage,
     "compressed-last-sector": c_compressed_last_sector,
     "fuzz-reftable-entry-zero": c_reftable_entry_zero,
+    "fuzz-l2-maps-qdt-leaf-clean": lambda t: l2_maps_leaf(t, 0),
+    "fuzz-l2-maps-qdt-leaf-incomplete": lambda t: l2_maps_leaf(t, 4),
+    "fuzz-l2-maps-qdt-leaf-open": lambda t: l2_maps_leaf(t, 1),
 }
 
 
