@@ -393,6 +393,18 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 		r = 0;
 		goto out;
 	}
+	if (r) {
+		/*
+		 * No end marker (a header that fills its cluster, QEMU accepts
+		 * that): nowhere to put the table's extension either.
+		 */
+		DMWARN("%pg: the header extension area is full or malformed: no dedup table",
+		       q->bdev);
+		table_reset(q);
+		table_off(q, "header-area");
+		r = 0;
+		goto out;
+	}
 	t->found = true;
 	if (!r)
 		r = qdt_decode_ext(buf + doff, dlen, q->geo, &t->info, &why);
@@ -561,7 +573,7 @@ int qcow2dedup_table_open(struct qcow2dedup *q)
 	}
 	t->info.generation++;
 	r = write_header(q, table_flags(q, true), true);
-	if (r == -ENOSPC)
+	if (r == -ENOSPC || r == -EINVAL)
 		return table_fail(q, "no room for the header extension", r);
 	if (r)
 		return r;

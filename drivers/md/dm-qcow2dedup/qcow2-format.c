@@ -48,6 +48,8 @@ static char * const qcow2_err_strs[QCOW2_ERR_MAX] = {
 	[QCOW2_ERR_L1_ENTRY]		= "Invalid L1 table entry",
 	[QCOW2_ERR_TABLE_LENGTH]	= "Target length does not match the image's virtual size",
 	[QCOW2_ERR_REFTABLE_ENTRY]	= "Invalid refcount table entry",
+	[QCOW2_ERR_META_OVERLAP]	= "Metadata structures overlap",
+	[QCOW2_ERR_META_REFCOUNT]	= "Metadata cluster with refcount 0",
 };
 
 /**

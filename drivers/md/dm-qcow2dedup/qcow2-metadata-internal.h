@@ -44,6 +44,16 @@ struct qcow2_metadata {
 	bool warned_underflow;		/* corrupt refcounts: logged once */
 	bool warned_compressed;		/* compressed data past the device: once */
 
+	/*
+	 * Host clusters of the metadata found at open (header, L1 table, L2
+	 * tables of the active L1, refcount table and blocks, snapshot
+	 * table), for the overlap checks QEMU also makes: a data entry that
+	 * points there is corrupt, and no refcount decrement may free one.
+	 * Written at open and by the worker; map() reads it (RCU).
+	 */
+	struct xarray meta;
+	bool warned_meta;		/* a reference into metadata: logged once */
+
 	/* Refcounts */
 	u64 *reftable;			/* refcount block offsets, CPU order */
 	u64 reftable_entries;
@@ -87,6 +97,7 @@ int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 
 /* qcow2-metadata.c */
 int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from);
+bool qcow2_md_is_meta(struct qcow2_metadata *md, u64 cluster);
 int qcow2_md_write_be64(struct qcow2_metadata *md, u64 pos, u64 value);
 
 /* qcow2-copied.c */

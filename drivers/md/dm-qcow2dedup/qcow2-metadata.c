@@ -239,6 +239,105 @@ static int read_header(struct qcow2_metadata *md, sector_t target_len,
 	return 0;
 }
 
+/* Note the clusters of [@off, @off + @len) as metadata of @md. */
+static int meta_add(struct qcow2_metadata *md, u64 off, u64 len, struct qcow2_refusal *why)
+{
+	u64 c, rc;
+	int r;
+
+	if (!len)
+		return 0;
+	for (c = off >> md->geo.cluster_bits;
+	     c <= (off + len - 1) >> md->geo.cluster_bits; c++) {
+		r = xa_insert(&md->meta, c, xa_mk_value(1), GFP_KERNEL);
+		if (r == -EBUSY) {
+			why->err = QCOW2_ERR_META_OVERLAP;
+			why->value = c << md->geo.cluster_bits;
+			return -EINVAL;
+		}
+		if (!r)
+			r = qcow2_rc_get(md, c, &rc);
+		if (r)
+			return r;
+		if (!rc) {
+			why->err = QCOW2_ERR_META_REFCOUNT;
+			why->value = c << md->geo.cluster_bits;
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/*
+ * A writable image's metadata must not overlap and must be counted: a
+ * structure with refcount 0 would be handed out by the allocator and
+ * overwritten (a crafted image whose refcount table leaves out the header
+ * had the header zeroed that way).
+ */
+static int check_metadata(struct qcow2_metadata *md, struct qcow2_refusal *why)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 i;
+	int r;
+
+	r = meta_add(md, 0, g->cluster_size, why);
+	if (!r)
+		r = meta_add(md, g->l1_table_offset, (u64)g->l1_size * sizeof(u64), why);
+	if (!r)
+		r = meta_add(md, g->refcount_table_offset,
+			     (u64)g->refcount_table_clusters << g->cluster_bits, why);
+	if (!r && g->nb_snapshots)
+		r = meta_add(md, g->snapshots_offset,
+			     (u64)g->nb_snapshots * sizeof(struct qcow2_snapshot_hdr), why);
+	for (i = 0; !r && i < md->reftable_entries; i++)
+		if (md->reftable[i] & ~(u64)(g->cluster_size - 1))
+			r = meta_add(md, md->reftable[i] & ~(u64)(g->cluster_size - 1),
+				     g->cluster_size, why);
+	for (i = 0; !r && i < g->l1_size; i++) {
+		r = meta_add(md, md->l1[i] & QCOW2_L1E_OFFSET_MASK,
+			     md->l1[i] & QCOW2_L1E_OFFSET_MASK ? g->cluster_size : 0, why);
+		if (!(i & 1023))
+			cond_resched();
+	}
+	return r;
+}
+
+/**
+ * qcow2_md_is_meta() - was the cluster metadata at open?
+ * @md: metadata.
+ * @cluster: host cluster index.
+ *
+ * Context: any (RCU).
+ */
+bool qcow2_md_is_meta(struct qcow2_metadata *md, u64 cluster)
+{
+	return xa_load(&md->meta, cluster);
+}
+
+/* Does the host range of a data entry touch metadata? */
+static bool points_at_meta(struct qcow2_metadata *md, enum qcow2_cluster_type type,
+			   const struct qcow2_l2e_info *info)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 start, len, c;
+
+	if (xa_empty(&md->meta))
+		return false;
+	switch (type) {
+	case QCOW2_CLUSTER_NORMAL:
+	case QCOW2_CLUSTER_ZERO_ALLOC:
+		return xa_load(&md->meta, info->host_offset >> g->cluster_bits);
+	case QCOW2_CLUSTER_COMPRESSED:
+		qcow2_compressed_range(g, info->raw, &start, &len);
+		for (c = start >> g->cluster_bits; c <= (start + len - 1) >> g->cluster_bits; c++)
+			if (xa_load(&md->meta, c))
+				return true;
+		return false;
+	default:
+		return false;
+	}
+}
+
 static struct dm_bufio_client *new_client(struct block_device *bdev, u32 bits)
 {
 	return dm_bufio_client_create(bdev, 1U << bits, 1, 0, NULL, NULL, 0);
@@ -280,6 +379,7 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 	xa_init(&md->unique_next);
 	xa_init(&md->unique_ready);
 	xa_init(&md->unique_scan);
+	xa_init(&md->meta);
 
 	/* A 512-byte client first: the cluster size is not known yet. */
 	md->block_bits = SECTOR_SHIFT;
@@ -317,6 +417,8 @@ struct qcow2_metadata *qcow2_md_open(struct block_device *bdev,
 			why->value = 0;
 			r = -EINVAL;
 		}
+		if (!r)
+			r = check_metadata(md, why);
 		if (r)
 			goto bad;
 	}
@@ -337,6 +439,7 @@ void qcow2_md_close(struct qcow2_metadata *md)
 	xa_destroy(&md->pending);
 	xa_destroy(&md->pending_l1);
 	xa_destroy(&md->decrements);
+	xa_destroy(&md->meta);
 	qcow2_copied_destroy(md);
 	if (md->bufio)
 		dm_bufio_client_destroy(md->bufio);
@@ -454,6 +557,7 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 	p = xa_load(&md->pending, guest_cluster(md, guest_off));
 	*pending = !!p;
 	if (p) {
+		/* Staged by the worker: never into metadata. */
 		*type = qcow2_decode_l2_entry(g, pending_decode(p), info);
 		return 0;
 	}
@@ -478,6 +582,13 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 	dm_bufio_release(b);
 
 	*type = qcow2_decode_l2_entry(g, l2e, info);
+	/*
+	 * Guest data in a metadata cluster: reading would show metadata,
+	 * writing in place would overwrite it, dropping the reference would
+	 * free it.  Corrupt, as QEMU's overlap checks say.
+	 */
+	if (points_at_meta(md, *type, info))
+		*type = QCOW2_CLUSTER_INVALID;
 	return 0;
 }
 
@@ -895,6 +1006,20 @@ static int apply_decrements(struct qcow2_metadata *md)
 	xa_for_each(&md->decrements, c, p) {
 		u64 rc;
 
+		/* Metadata is never freed by a data reference (see lookup). */
+		if (xa_load(&md->meta, c)) {
+			r = qcow2_rc_get(md, c, &rc);
+			if (r)
+				return r;
+			if (rc <= xa_to_value(p)) {
+				if (!md->warned_meta) {
+					md->warned_meta = true;
+					DMWARN("a reference into metadata cluster %lu dropped: kept",
+					       c);
+				}
+				continue;
+			}
+		}
 		r = qcow2_rc_update(md, c, -(s64)xa_to_value(p), &rc);
 		if (r == -EUCLEAN) {
 			/*

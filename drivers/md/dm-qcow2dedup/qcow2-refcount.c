@@ -159,6 +159,11 @@ static int create_refblock(struct qcow2_metadata *md, u64 bi)
 	}
 	if (first >= md->dev_clusters)
 		return -ENOSPC;
+	/* A range "without" a refcount block that holds metadata: corrupt. */
+	if (qcow2_md_is_meta(md, first)) {
+		DMERR_LIMIT("metadata cluster %llu is not counted: image corrupt", first);
+		return -EUCLEAN;
+	}
 	r = qcow2_md_new_cluster(md, first, 0);
 	if (r)
 		return r;
@@ -266,6 +271,10 @@ int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster)
 		scanned += i - idx;
 		c += i - idx;
 		if (i < end) {
+			if (qcow2_md_is_meta(md, c)) {
+				DMERR_LIMIT("metadata cluster %llu has refcount 0: image corrupt", c);
+				return -EUCLEAN;
+			}
 			r = set_rc(md, refblock, c, 0, 1);
 			if (r)
 				return r;
@@ -352,8 +361,10 @@ static int grow_reftable(struct qcow2_metadata *md, u64 block_index)
 	dm_bufio_forget_buffers(md->bufio, old_off >> md->block_bits,
 				((u64)old_clusters << g->cluster_bits) >> md->block_bits);
 	/* The old table is free once the header switch is on disk: it is. */
-	for (i = 0; i < old_clusters && !r; i++)
+	for (i = 0; i < old_clusters && !r; i++) {
+		xa_erase(&md->meta, (old_off >> g->cluster_bits) + i);
 		r = qcow2_rc_update(md, (old_off >> g->cluster_bits) + i, -1, NULL);
+	}
 	return r;
 restore:
 	md->reftable = old_table;

@@ -20,6 +20,9 @@
 #  resize     suspended, qemu-img grows the image: a plain resume is refused
 #             (the length no longer matches), a reload with the new length
 #             resumes, and the device has the new size with the data kept
+#  grow       suspended, the device under the image grows (dm-linear): a plain
+#             resume is refused (buffers were sized for the old device), a
+#             reload takes it
 #
 # Host: qemu-img check finds no corruption (the table of before the
 # snapshot is leaked, as the admin guide says of stale tables),
@@ -121,6 +124,23 @@ put e.bin /dev/mapper/a 160
 for o in 0 16 32; do same d.bin /dev/mapper/a \$o; done
 for o in 48 60 64 160; do same e.bin /dev/mapper/a \$o; done
 dmsetup remove a || bad "remove"
+
+echo "== grow"
+dmsetup create lin --table "0 $((384 * 2048)) linear /dev/ubda 0" || bad "grow: linear"
+g="0 $((192 * 2048)) qcow2dedup /dev/mapper/lin"
+dmsetup create g --table "\$g" || bad "grow: create"
+put d.bin /dev/mapper/g 176
+dmsetup suspend g || bad "grow: suspend"
+dmsetup reload lin --table "0 $((512 * 2048)) linear /dev/ubda 0" && dmsetup resume lin || bad "grow: linear reload"
+dmesg -C
+dmsetup resume g 2>/dev/null && bad "grow: a resume on a grown device was accepted"
+dmesg | grep -q "device size changed while suspended" || bad "grow: no message: \$(dmesg | grep qcow2dedup)"
+dmsetup reload g --table "\$g" || bad "grow: reload"
+dmsetup resume g || bad "grow: resume after the reload"
+same d.bin /dev/mapper/g 176
+same e.bin /dev/mapper/g 160
+dmsetup remove g || bad "grow: remove"
+dmsetup remove lin
 echo inner-done
 exit \$rc
 EOF
@@ -136,7 +156,7 @@ python3 - <<'PY'
 d, e = open("d.bin", "rb").read(), open("e.bin", "rb").read()
 M = 1 << 20
 x = bytearray(192 * M)
-for o in (0, 16, 32):
+for o in (0, 16, 32, 176):
     x[o * M:o * M + len(d)] = d
 for o in (48, 60, 64, 160):
     x[o * M:o * M + len(e)] = e
