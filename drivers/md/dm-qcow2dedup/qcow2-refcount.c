@@ -272,7 +272,7 @@ int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster)
 		c += i - idx;
 		if (i < end) {
 			if (qcow2_md_is_meta(md, c)) {
-				DMERR_LIMIT("metadata cluster %llu has refcount 0: image corrupt", c);
+				DMERR_LIMIT("metadata cluster %llu has refcount 0: corrupt", c);
 				return -EUCLEAN;
 			}
 			r = set_rc(md, refblock, c, 0, 1);
