@@ -1014,7 +1014,7 @@ static int apply_decrements(struct qcow2_metadata *md)
 			if (rc <= xa_to_value(p)) {
 				if (!md->warned_meta) {
 					md->warned_meta = true;
-					DMWARN("a reference into metadata cluster %lu dropped: kept",
+					DMWARN("reference into metadata cluster %lu dropped: kept",
 					       c);
 				}
 				continue;
