@@ -401,7 +401,8 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
 
 /**
  * dedup_set_unverified() - must @e's cluster be compared byte for byte
- *	before it is shared?  (Entries from a table a crash left open.)
+ *	before it is shared?  (Entries loaded from the table, and every entry
+ *	after a resume.)
  * @idx: index.
  * @e: the entry.
  * @v: the new state.
@@ -480,7 +481,8 @@ int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		e->nr_refs = 1;
 		return 0;
 	}
-	if (n == U32_MAX || (n >= e->cap && over_limit(idx, (e->cap ?: 2) * sizeof(u64))))
+	/* The next array: 4 slots for the second referrer, then doubled. */
+	if (n == U32_MAX || (n >= e->cap && over_limit(idx, (e->cap ?: 4) * sizeof(u64))))
 		return -ENOSPC;
 	if (n == 1) {
 		u64 *a = kmalloc_array(4, sizeof(u64), gfp);
@@ -649,7 +651,7 @@ void dedup_unverify_all(struct dedup_index *idx)
 	xa_for_each(&idx->by_host, host, e) {
 		if (e->state == DEDUP_READY)
 			dedup_set_unverified(idx, e, true);
-		if (!(host & 4095))
+		if (!(host & 1023))
 			cond_resched();
 	}
 }

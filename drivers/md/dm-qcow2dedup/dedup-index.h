@@ -40,9 +40,10 @@
  * the entry when the last referrer goes.
  *
  * Memory.  Entries and referrer arrays are allocated with the caller's gfp
- * flags (GFP_NOIO and friends on the I/O path); a failed allocation leaves
- * the index as it was.  Nothing else allocates: marks and DEAD entries
- * record what the table must do.
+ * flags (dedup_insert_writing(): GFP_NOIO without retries, on the I/O
+ * path); a failed allocation leaves the index as it was.  Recording a slot
+ * to zero needs no memory (marks and DEAD entries), but for the slots the
+ * load drops (dedup_record_clear(), at construction).
  *
  * Locking: every function belongs to the target's worker, except
  * dedup_host_indexed() (any context, RCU) and the statistics readers.

@@ -81,10 +81,28 @@ void qcow2dedup_rebuild_reset(struct qcow2dedup *q)
 	if (!rb)
 		return;
 	WRITE_ONCE(rb->active, false);
-	rb->requested = false;
+	WRITE_ONCE(rb->requested, false);
 	rb->batch_out = false;
 	rb->batch_done = false;
 	rb->n = 0;
+}
+
+/**
+ * qcow2dedup_rebuild_rehash() - at a resume: a batch hashed before the
+ *	suspend read bytes of before; hash its clusters again.
+ * @q: target, quiesced.
+ */
+void qcow2dedup_rebuild_rehash(struct qcow2dedup *q)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+
+	if (!rb || !rb->active)
+		return;
+	rb->batch_out = false;
+	rb->batch_done = false;
+	rb->n = 0;
+	if (rb->phase == REBUILD_HASH)
+		rb->next_host = 0;
 }
 
 /*
@@ -169,7 +187,7 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 		if (e->state == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
 	WRITE_ONCE(rb->active, false);
-	if (rb->quiet)
+	if (READ_ONCE(rb->quiet))
 		return;
 	DMINFO("%s: dedup rebuild %s: %llu hashed, %llu indexed, %llu COPIED restored, %llu ms",
 	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed, rb->copied_fixed,
@@ -184,23 +202,13 @@ static int scan_one(struct qcow2dedup *q, u64 gc)
 	enum qcow2_cluster_type type;
 	struct dedup_entry *e;
 	bool pending;
-	u64 host, first, rc;
+	u64 host, first;
 	int r;
 
 	r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
 	if (r || type != QCOW2_CLUSTER_NORMAL || pending || qcow2dedup_guest_busy(q, gc))
 		return r;
 	host = info.host_offset >> cbits(q);
-	if (!info.copied) {
-		r = qcow2_md_refcount(q->md, info.host_offset, &rc);
-		if (!r && rc == 1) {
-			r = qcow2_md_set_copied(q->md, gc << cbits(q));
-			if (!r)
-				rb->copied_fixed++;
-		}
-		if (r)
-			return r;
-	}
 	e = dedup_find_host(&q->index, host);
 	if (!e) {
 		r = dedup_insert_unkeyed(&q->index, host, NULL, &e, REBUILD_GFP);
@@ -216,6 +224,27 @@ static int scan_one(struct qcow2dedup *q, u64 gc)
 	return r < 0 ? r : 0;
 }
 
+/*
+ * A cluster of refcount one whose only reference lacks COPIED (QEMU's
+ * copy-on-write of the other reference of a cluster the target shared
+ * leaves it so): the flag comes back.  Only once the referrers are counted:
+ * a corrupt image whose refcount is lower than its references gets none.
+ */
+static void restore_copied(struct qcow2dedup *q, struct dedup_entry *e)
+{
+	u64 guest_off = e->guest << cbits(q);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	bool pending;
+
+	if (!qcow2_md_lookup(q->md, guest_off, true, &type, &info, &pending) &&
+	    type == QCOW2_CLUSTER_NORMAL && !info.copied &&
+	    info.host_offset >> cbits(q) == e->host &&
+	    !qcow2dedup_guest_busy(q, e->guest) &&
+	    !qcow2_md_set_copied(q->md, guest_off))
+		q->rebuild->copied_fixed++;
+}
+
 /* Worker: the scan is over; keep the entries whose referrers are exact. */
 static int scan_end(struct qcow2dedup *q)
 {
@@ -228,15 +257,19 @@ static int scan_end(struct qcow2dedup *q)
 	if (r)
 		return r;
 	xa_for_each(&q->index.by_host, host, e) {
+		if (!(host & 1023))
+			cond_resched();
 		if (e->state != DEDUP_UNKEYED)
 			continue;
-		if (e->nr_refs >= 2 && e->copied_ref)
+		if (e->nr_refs >= 2 && e->copied_ref) {
 			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
-		else if (refs_exact(q, e))
+		} else if (refs_exact(q, e)) {
+			if (e->nr_refs == 1)
+				restore_copied(q, e);
 			continue;
+		}
 		dedup_remove(&q->index, e);
 		rb->candidates--;
-		cond_resched();
 	}
 	/* In-place writes map() sent before the entries existed end here. */
 	qcow2dedup_wait_for_readers(q);
@@ -277,8 +310,8 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 	/* Suspended (or not resumed yet): the image is not ours to write. */
 	if (!rb || READ_ONCE(q->suspended))
 		return;
-	if (rb->requested && !rb->active) {
-		rb->requested = false;
+	if (READ_ONCE(rb->requested) && !rb->active) {
+		WRITE_ONCE(rb->requested, false);
 		rb->phase = REBUILD_SCAN;
 		rb->next_gc = 0;
 		rb->end_gc = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size);
@@ -365,8 +398,8 @@ void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet)
 {
 	if (!q->rebuild)
 		return;
-	q->rebuild->quiet = quiet;
-	q->rebuild->requested = true;
+	WRITE_ONCE(q->rebuild->quiet, quiet);
+	WRITE_ONCE(q->rebuild->requested, true);
 	qcow2dedup_wake(q);
 }
 

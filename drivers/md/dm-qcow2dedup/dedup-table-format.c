@@ -25,6 +25,7 @@ static const char * const qdt_errors[QDT_ERR_MAX] = {
 	[QDT_ERR_METADATA]	= "table cluster is qcow2 metadata",
 	[QDT_ERR_GUEST_DATA]	= "table cluster is guest data",
 	[QDT_ERR_IO]		= "I/O error reading it or an L2 table",
+	[QDT_ERR_LIMIT]		= "far more slots than index_limit allows",
 };
 
 const char *qdt_err_str(enum qdt_err err)

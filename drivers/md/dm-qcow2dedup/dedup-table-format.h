@@ -27,10 +27,14 @@ enum qdt_err {
 	QDT_ERR_METADATA,
 	QDT_ERR_GUEST_DATA,
 	QDT_ERR_IO,
+	QDT_ERR_LIMIT,
 	QDT_ERR_MAX
 };
 
 const char *qdt_err_str(enum qdt_err err);
+
+/* Index memory a slot the load drops costs until it is zeroed (bytes). */
+#define QDT_CLEAR_COST	64U
 
 /**
  * struct qdt_info - the header extension, decoded.

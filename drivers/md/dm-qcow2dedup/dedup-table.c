@@ -60,7 +60,7 @@ static void table_off(struct qcow2dedup *q, const char *why)
 {
 	struct qcow2dedup_table *t = &q->table;
 
-	t->enabled = false;
+	WRITE_ONCE(t->enabled, false);
 	t->off_reason = why;
 }
 
@@ -203,7 +203,16 @@ static int load_leaf(struct qcow2dedup *q, u64 leaf, const u8 *buf,
 			continue;
 		r = dedup_insert_unkeyed(&q->index, host, slot, &e, GFP_KERNEL);
 		if (r == -ENOSPC) {
-			/* Over the index limit: the slot must go from the disk. */
+			/*
+			 * Over the index limit: the slot must go from the disk.
+			 * Recording that costs memory too: a table far larger
+			 * than the limit (a crafted one with every slot full)
+			 * is not used at all.
+			 */
+			if (q->index.nr_clears >= q->index.limit_bytes / QDT_CLEAR_COST) {
+				*why = QDT_ERR_LIMIT;
+				return -EINVAL;
+			}
 			t->dropped++;
 			r = dedup_record_clear(&q->index, host, GFP_KERNEL);
 		}
@@ -443,12 +452,34 @@ discard:
 	table_reset(q);
 	r = 0;
 out:
+	/* An error half-way leaves nothing loaded. */
+	if (r)
+		table_reset(q);
 	xa_destroy(&t->seen);
 	kvfree(buf);
 	/* The worker starts it at the first resume. */
 	if (!r && t->enabled && (!t->info.root || t->incomplete))
 		qcow2dedup_rebuild_start(q, !t->found);
 	return r;
+}
+
+/**
+ * qcow2dedup_index_forget() - at a resume: the index cannot be trusted
+ *	(see engine_resume_index()); drop it, and rebuild it where a table is
+ *	kept.
+ * @q: target, quiesced.
+ */
+void qcow2dedup_index_forget(struct qcow2dedup *q)
+{
+	struct qcow2dedup_table *t = &q->table;
+
+	qcow2dedup_rebuild_reset(q);
+	if (!t->enabled) {
+		dedup_index_destroy(&q->index);
+		return;
+	}
+	table_reset(q);
+	qcow2dedup_rebuild_start(q, true);
 }
 
 /**
@@ -521,7 +552,7 @@ static u32 table_flags(struct qcow2dedup *q, bool open)
 
 	if (READ_ONCE(q->index.unverified))
 		f |= QDT_FLAG_UNVERIFIED;
-	if (rb && (READ_ONCE(rb->active) || rb->requested))
+	if (rb && (READ_ONCE(rb->active) || READ_ONCE(rb->requested)))
 		f |= QDT_FLAG_INCOMPLETE;
 	return f;
 }
@@ -556,7 +587,7 @@ int qcow2dedup_table_open(struct qcow2dedup *q)
 	if (!t->info.root) {
 		u64 root;
 
-		r = qcow2dedup_alloc(q, &root);
+		r = qcow2dedup_alloc_meta(q, &root);
 		if (r == -ENOSPC)
 			return table_fail(q, "no free cluster for the table root", r) ?: 0;
 		if (!r)
@@ -623,6 +654,8 @@ static int write_clears(struct qcow2dedup *q)
 				return r;
 		}
 		dedup_clear_done(idx, e);
+		if (!(host & 4095))
+			cond_resched();
 	}
 	xa_for_each(&idx->clears, host, p) {
 		if (enabled) {
@@ -632,6 +665,8 @@ static int write_clears(struct qcow2dedup *q)
 		}
 		xa_erase(&idx->clears, host);
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
+		if (!(host & 4095))
+			cond_resched();
 	}
 	return 0;
 }
@@ -698,7 +733,7 @@ static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
 	if (r)
 		return r;
 	if (!t->dirs[dir]) {
-		r = qcow2dedup_alloc(q, &off);
+		r = qcow2dedup_alloc_meta(q, &off);
 		if (!r)
 			r = qcow2_md_zero_cluster(q->md, off);
 		if (r)
@@ -708,7 +743,7 @@ static int new_leaf(struct qcow2dedup *q, u64 leaf, struct xarray *fresh)
 		xa_store(fresh, dir, xa_mk_value(1), TABLE_GFP);
 		xa_set_mark(fresh, dir, XA_MARK_1);
 	}
-	r = qcow2dedup_alloc(q, &off);
+	r = qcow2dedup_alloc_meta(q, &off);
 	if (!r)
 		r = qcow2_md_zero_cluster(q->md, off);
 	if (r)
@@ -874,15 +909,19 @@ void qcow2dedup_table_worker(struct qcow2dedup *q)
 	WRITE_ONCE(t->flush_due, false);
 	if (READ_ONCE(q->mode) != MODE_WRITE) {
 		r = -EIO;
-	} else if (READ_ONCE(q->suspended)) {
+	} else if (READ_ONCE(q->stopped)) {
 		/* The suspend wrote everything back; the image is not ours now. */
 		r = 0;
+	} else if (READ_ONCE(q->suspended)) {
+		/* Suspending: the write-back is under way, not done. */
+		r = -EBUSY;
 	} else if (req != t->flush_done ||
 		   (t->enabled && t->open && qcow2dedup_table_dirty(q))) {
 		r = qcow2dedup_commit(q);
 		if (!r)
 			r = qcow2dedup_table_flush(q, true, req != t->flush_done);
-		if (r)
+		/* Memory short: the message fails, the mode stays. */
+		if (r && r != -ENOMEM)
 			qcow2dedup_metadata_error(q, "dedup table flush", r);
 	}
 	spin_lock_irq(&q->lock);

@@ -309,8 +309,10 @@ static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
 		DMWARN("%s: table entry for host cluster %llu does not match the cluster: fixed",
 		       qcow2dedup_dev_name(q), e->host);
 	}
-	if (other || dedup_rekey(&q->index, e, digest))
+	if (other)
 		dedup_remove(&q->index, e);
+	else
+		dedup_rekey(&q->index, e, digest);	/* on -EEXIST, @e is gone */
 }
 
 /*

@@ -35,6 +35,7 @@
  * "read-only" (writes fail, reads go on from what is in memory; nothing more
  * is written to the metadata), and a second one to "fail" (all I/O fails).
  */
+#include <linux/delay.h>
 #include <linux/dm-io.h>
 #include <linux/module.h>
 #include <linux/sched/mm.h>
@@ -403,17 +404,32 @@ int qcow2dedup_commit(struct qcow2dedup *q)
 	return r;
 }
 
-/* Allocate a cluster; if none is free, commit staged frees and retry once. */
-int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
+/*
+ * Allocate a cluster (for metadata of the dedup table with @meta); if none
+ * is free, commit staged frees and retry once.
+ */
+static int alloc_cluster(struct qcow2dedup *q, u64 *host_off, bool meta)
 {
-	int r = qcow2_md_alloc(q->md, host_off);
+	int (*alloc)(struct qcow2_metadata *md, u64 *host_off) =
+		meta ? qcow2_md_alloc_meta : qcow2_md_alloc;
+	int r = alloc(q->md, host_off);
 
 	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
 		r = qcow2dedup_commit(q);
 		if (!r)
-			r = qcow2_md_alloc(q->md, host_off);
+			r = alloc(q->md, host_off);
 	}
 	return r;
+}
+
+int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
+{
+	return alloc_cluster(q, host_off, false);
+}
+
+int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off)
+{
+	return alloc_cluster(q, host_off, true);
 }
 
 /* Make the L2 table of @guest_off writable; commit staged frees if full. */
@@ -879,7 +895,7 @@ static int discard_piece(struct qcow2dedup *q, struct bio *bio, u64 off, u64 len
 		return 0;
 	}
 	if (len == cs) {
-		r = qcow2_md_prepare_write(q->md, off);
+		r = qcow2dedup_prepare_write(q, off);
 		if (!r)
 			r = qcow2dedup_stage(q, off, deallocated, 0, false);
 		if (r == -ENOMEM) {
@@ -959,8 +975,10 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 		p->status = BLK_STS_OK;
 		atomic_set(&p->remaining, 1);
 	}
+	/* Only this slice: a long range must not wait for every writer. */
 	op = busy_in_range(q, p->next >> q->geo->cluster_bits,
-			   (end - 1) >> q->geo->cluster_bits);
+			   min((end - 1) >> q->geo->cluster_bits,
+			       (p->next >> q->geo->cluster_bits) + DISCARD_PER_PASS - 1));
 	if (op) {
 		bio_list_add(&op->waiters, bio);
 		return 0;
@@ -1015,7 +1033,7 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 	} else if (blkdev_issue_flush(q->bdev)) {
 		status = BLK_STS_IOERR;
 	}
-	q->commit_due = false;
+	WRITE_ONCE(q->commit_due, false);
 	while ((bio = bio_list_pop(&q->commit_waiters))) {
 		bio->bi_status = status;
 		bio_endio(bio);
@@ -1098,7 +1116,7 @@ static void do_worker(struct work_struct *ws)
 	}
 
 	if (!bio_list_empty(&flushes) || !bio_list_empty(&q->commit_waiters) ||
-	    (q->commit_due && qcow2_md_dirty(q->md)) ||
+	    (READ_ONCE(q->commit_due) && qcow2_md_dirty(q->md)) ||
 	    qcow2_md_nr_pending(q->md) >= COMMIT_THRESHOLD)
 		commit_and_complete(q, &flushes);
 	qcow2dedup_table_worker(q);
@@ -1109,7 +1127,7 @@ static void do_waker(struct work_struct *ws)
 {
 	struct qcow2dedup *q = container_of(to_delayed_work(ws), struct qcow2dedup, waker);
 
-	q->commit_due = true;
+	WRITE_ONCE(q->commit_due, true);
 	qcow2dedup_wake(q);
 	queue_delayed_work(q->wq, &q->waker, COMMIT_PERIOD);
 }
@@ -1216,9 +1234,31 @@ static int qcow2dedup_end_io(struct dm_target *ti, struct bio *bio,
 	return DM_ENDIO_DONE;
 }
 
+/* Work the worker still holds: bios, or operations not finished. */
+static bool engine_busy(struct qcow2dedup *q)
+{
+	bool busy;
+
+	spin_lock_irq(&q->lock);
+	busy = !bio_list_empty(&q->deferred) || !list_empty(&q->completed) ||
+	       !list_empty(&q->hashed);
+	spin_unlock_irq(&q->lock);
+	return busy || READ_ONCE(q->nr_ops);
+}
+
 /* Stop the timers and the rebuild's batches, and let the worker settle. */
 static void quiesce(struct qcow2dedup *q)
 {
+	/*
+	 * dm drains the I/O of a table before its postsuspend, but not when
+	 * it destroys a device that was never suspended: finish what the
+	 * worker holds before it stops.
+	 */
+	while (engine_busy(q)) {
+		qcow2dedup_wake(q);
+		flush_workqueue(q->wq);
+		usleep_range(1000, 2000);
+	}
 	WRITE_ONCE(q->suspended, true);
 	WRITE_ONCE(q->stopped, true);
 	cancel_delayed_work_sync(&q->waker);
@@ -1374,6 +1414,8 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 		goto bad;
 	}
 	q->geo = qcow2_md_geometry(q->md);
+	q->cluster_size = q->geo->cluster_size;
+	q->size = q->geo->size;
 
 	r = -ENOMEM;
 	q->dc = qcow2_decompressor_create(q->geo->compression_type);
@@ -1475,16 +1517,24 @@ static struct qcow2dedup *engine_conflict(struct block_device *bdev,
 	return NULL;
 }
 
-/* The live engine of this mapped device for @bdev.  Under engines_lock. */
+/*
+ * The engine of this mapped device for @bdev: the live one, else the
+ * newest (a table loaded but not resumed yet).  Under engines_lock.
+ */
 static struct qcow2dedup *engine_own(struct block_device *bdev,
 				     struct mapped_device *owner)
 {
-	struct qcow2dedup *q;
+	struct qcow2dedup *q, *newest = NULL;
 
-	list_for_each_entry(q, &engines, engines_node)
-		if (q->bdev == bdev && q->owner == owner && !q->retired)
+	list_for_each_entry(q, &engines, engines_node) {
+		if (q->bdev != bdev || q->owner != owner || q->retired)
+			continue;
+		if (!q->quiesced)
 			return q;
-	return NULL;
+		if (!newest)
+			newest = q;
+	}
+	return newest;
 }
 
 static int engine_refuse_conflict(struct dm_target *ti, struct qcow2dedup *other,
@@ -1542,17 +1592,17 @@ static int engine_get(struct qcow2dedup_c *c, const struct qcow2dedup_options *o
 
 	mutex_lock(&engines_lock);
 	other = engine_conflict(bdev, owner, writable);
-	if (other || (old && engine_own(bdev, owner) != old) || (!old && engine_own(bdev, owner))) {
-		/* Another table came first: try again. */
+	if (other || (old && (engine_own(bdev, owner) != old || !old->quiesced)) ||
+	    (!old && engine_own(bdev, owner))) {
+		/* Another table came first, or the device was resumed: try again. */
 		r = other ? engine_refuse_conflict(ti, other, bdev) : -EBUSY;
 		if (!other)
-			ti->error = "Another table of the device was loaded meanwhile";
+			ti->error = "The device changed while the table was loaded";
 		mutex_unlock(&engines_lock);
 		engine_free(q);
 		return r;
 	}
-	if (old)
-		old->retired = true;
+	/* The old engine retires when this one goes live (its preresume). */
 	q->refs = 1;
 	list_add(&q->engines_node, &engines);
 	mutex_unlock(&engines_lock);
@@ -1581,6 +1631,9 @@ static void engine_put(struct qcow2dedup *q)
 
 static void target_free(struct qcow2dedup_c *c)
 {
+	/* A later table allocated at the same address is not this one. */
+	if (c->q && c->q->active == c)
+		c->q->active = NULL;
 	if (c->q)
 		engine_put(c->q);
 	if (c->dev)
@@ -1714,7 +1767,7 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	q = c->q;
 
-	r = dm_set_target_max_io_len(ti, q->geo->cluster_size >> SECTOR_SHIFT);
+	r = dm_set_target_max_io_len(ti, q->cluster_size >> SECTOR_SHIFT);
 	if (r) {
 		ti->error = "Cannot set the cluster size as maximum I/O length";
 		goto bad;
@@ -1794,15 +1847,55 @@ static int engine_reload(struct qcow2dedup *q, struct dm_target *ti)
 		qcow2_md_close(md);
 		return -EINVAL;
 	}
-	qcow2_md_close(q->md);
-	q->md = md;
+	/* engine_mismatch() reads the geometry under engines_lock. */
+	mutex_lock(&engines_lock);
+	swap(q->md, md);
 	q->geo = g;
-	WRITE_ONCE(q->mode, MODE_WRITE);
+	mutex_unlock(&engines_lock);
+	qcow2_md_close(md);
 	WRITE_ONCE(q->autoclear_done, false);
 	r = qcow2dedup_table_reload(q);
-	if (r)
+	if (r) {
 		DMERR("%s: cannot read the dedup table: %d", qcow2dedup_dev_name(q), r);
-	return r;
+		return r;
+	}
+	WRITE_ONCE(q->mode, MODE_WRITE);
+	return 0;
+}
+
+/*
+ * The index after a suspend with the image unchanged as far as the header,
+ * L1 and refcount table show.  A QEMU writer would have cleared the dedup
+ * table's autoclear bit; when the bit is not set on disk (no table, or one
+ * this activation never opened), writes to L2 tables and data would go
+ * unseen, and the index's digests and referrers could be stale: it goes,
+ * and a rebuild makes it again where there is a table.  Otherwise a rebuild
+ * batch hashed before the suspend is hashed again (the bytes it read are
+ * from before), and every entry is a hint until compared (in the worker).
+ */
+static void engine_resume_index(struct qcow2dedup *q)
+{
+	if (!q->dedup)
+		return;
+	if (!q->table.enabled ||
+	    !(q->geo->autoclear_features & QCOW2_AUTOCLEAR_DEDUP_TABLE)) {
+		qcow2dedup_index_forget(q);
+		return;
+	}
+	qcow2dedup_rebuild_rehash(q);
+	WRITE_ONCE(q->reverify, true);
+}
+
+/* @q goes live: older engines of the same device and image retire. */
+static void engine_retire_others(struct qcow2dedup *q)
+{
+	struct qcow2dedup *o;
+
+	mutex_lock(&engines_lock);
+	list_for_each_entry(o, &engines, engines_node)
+		if (o != q && o->bdev == q->bdev && o->owner == q->owner)
+			o->retired = true;
+	mutex_unlock(&engines_lock);
 }
 
 /*
@@ -1820,6 +1913,8 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 	unsigned int noio;
 	int r;
 
+	bool error_mode, reload;
+
 	mutex_lock(&q->ctl);
 	if (READ_ONCE(q->retired)) {
 		DMERR("%s: resume refused: a newer table replaced this one; load it again",
@@ -1827,22 +1922,35 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 		r = -EBUSY;
 		goto out;
 	}
-	/* A worker pass under way sees the engine quiesced and ends. */
+	/* A worker pass under way sees the engine stopped and ends. */
 	flush_workqueue(q->wq);
 	noio = memalloc_noio_save();
-	r = q->active != c && READ_ONCE(q->mode) != MODE_WRITE ? 0 : qcow2_md_unchanged(q->md);
-	if (r == 0) {
+	error_mode = READ_ONCE(q->mode) != MODE_WRITE;
+	/*
+	 * A reload that failed half-way is done again.  In read-only or fail
+	 * mode nothing is read again (nothing is written either) but for a
+	 * new table, which is how one leaves that mode.
+	 */
+	reload = q->must_reload || (error_mode && q->active != c);
+	r = 0;
+	if (!reload && !error_mode) {
+		r = qcow2_md_unchanged(q->md);
+		reload = !r;
+		r = r < 0 ? r : 0;
+	}
+	if (!r && reload) {
 		DMINFO("%s: %s: reading the metadata again", qcow2dedup_dev_name(q),
-		       READ_ONCE(q->mode) != MODE_WRITE ? "leaving the error mode" :
+		       error_mode ? "leaving the error mode" :
 		       "the image was changed while the device was suspended");
 		r = engine_reload(q, ti);
-	} else if (r == 1) {
-		r = 0;
+		q->must_reload = !!r;
+	} else if (!r && !error_mode) {
+		engine_resume_index(q);
 	}
 	memalloc_noio_restore(noio);
 	q->dbuf_offset = 0;
-	if (!r && q->dedup)
-		WRITE_ONCE(q->reverify, true);
+	if (!r)
+		engine_retire_others(q);
 out:
 	mutex_unlock(&q->ctl);
 	return r;
@@ -1984,14 +2092,14 @@ static void qcow2dedup_io_hints(struct dm_target *ti,
 				struct queue_limits *limits)
 {
 	struct qcow2dedup *q = ((struct qcow2dedup_c *)ti->private)->q;
-	u64 cs = q->geo->cluster_size;
+	u64 cs = q->cluster_size;
 
 	limits->io_opt = cs;
 	/*
 	 * 4 KiB physical blocks where clusters and the disk size allow; the
 	 * logical block size stays 512 bytes, as QEMU presents the disk.
 	 */
-	if (cs >= 4096 && !(q->geo->size & 4095)) {
+	if (cs >= 4096 && !(q->size & 4095)) {
 		limits->physical_block_size = 4096;
 		limits->io_min = 4096;
 	}

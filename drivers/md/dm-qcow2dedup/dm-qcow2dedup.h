@@ -151,6 +151,7 @@ struct qcow2dedup {
 	bool quiesced;			/* written back at a suspend, until resume */
 	bool stopped;			/* the worker answers messages only */
 	bool reverify;			/* after a resume: entries become hints */
+	bool must_reload;		/* a reload at resume failed: do it again */
 	void *active;			/* the target last resumed */
 	/*
 	 * @ctl: preresume (which may replace @md and reload the index) against
@@ -159,6 +160,9 @@ struct qcow2dedup {
 	struct mutex ctl;
 	struct qcow2_metadata *md;
 	const struct qcow2_geometry *geo;
+	/* Of @geo, fixed for the engine's life (a resume refuses changes). */
+	u64 cluster_size;
+	u64 size;
 	bool writable;			/* the table was loaded read-write */
 	enum qcow2_mode mode;		/* READ_ONCE in map(); worker writes */
 
@@ -297,6 +301,7 @@ int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 			const struct qcow2_l2e_info *info, void *buf);
 int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off);
 int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
+int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off);
 blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r);
 int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
 		     enum qcow2_cluster_type type, u64 host_off, bool copied);
@@ -317,6 +322,7 @@ void qcow2dedup_table_flusher(struct work_struct *ws);
 void qcow2dedup_table_free(struct qcow2dedup *q);
 int qcow2dedup_table_load(struct qcow2dedup *q);
 int qcow2dedup_table_reload(struct qcow2dedup *q);
+void qcow2dedup_index_forget(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
 int qcow2dedup_table_rebuilding(struct qcow2dedup *q);
 int qcow2dedup_table_before_commit(void *ctx);
@@ -333,6 +339,7 @@ u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
 int qcow2dedup_rebuild_init(struct qcow2dedup *q);
 void qcow2dedup_rebuild_free(struct qcow2dedup *q);
 void qcow2dedup_rebuild_reset(struct qcow2dedup *q);
+void qcow2dedup_rebuild_rehash(struct qcow2dedup *q);
 void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);

@@ -29,8 +29,10 @@
  * right: COPIED is only defined for the active L1.
  *
  * Memory.  A note that cannot be recorded for want of memory is not lost:
- * @scan_all makes the next scan look at every entry of the active L2
- * tables that lacks COPIED, and a commit never fails for want of memory.
+ * @scan_all makes the next scan look for every cluster of refcount one
+ * that the active L1 references exactly once, without COPIED (a corrupt
+ * image, whose refcount is lower than its references, gets no flag), and a
+ * commit never fails for want of memory.
  */
 #include <linux/jiffies.h>
 #include <linux/unaligned.h>
@@ -104,11 +106,8 @@ static int restore_one(struct qcow2_metadata *md, u64 guest_off, u64 host)
 	return qcow2_md_set_copied(md, guest_off);
 }
 
-/*
- * One L2 table: restore the entries that point into @md->unique_scan, or
- * with @all every entry without COPIED whose cluster has refcount one.
- */
-static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off, bool all)
+/* One L2 table: restore the entries that point into @md->unique_scan. */
+static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off)
 {
 	const struct qcow2_geometry *g = &md->geo;
 	u64 per_block = BIT_ULL(md->block_bits) / sizeof(u64);
@@ -130,7 +129,7 @@ static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off, bool 
 
 			if (!off || (e & QCOW2_OFLAG_COPIED) || (e & QCOW2_OFLAG_COMPRESSED) ||
 			    guest_off >= g->size ||
-			    (!all && !xa_load(&md->unique_scan, off >> g->cluster_bits)))
+			    !xa_load(&md->unique_scan, off >> g->cluster_bits))
 				continue;
 			/* restore_one() looks again, staged entries first. */
 			dm_bufio_release(b);
@@ -150,6 +149,61 @@ static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off, bool 
 }
 
 /*
+ * For @scan_all: the clusters of refcount one that one entry of the active
+ * L1, without COPIED, references, and no other entry: into @unique_scan.
+ * Two passes over the active L1 (candidates, then their references); a
+ * candidate that cannot be noted for want of memory keeps its flag clear.
+ */
+static int find_unique(struct qcow2_metadata *md)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 gcs = DIV_ROUND_UP(g->size, g->cluster_size), gc, rc;
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	struct xarray count;
+	int pass, r = 0;
+	unsigned long c;
+	bool pending;
+	void *p;
+
+	xa_init(&count);
+	for (pass = 0; pass < 2 && !r; pass++) {
+		for (gc = 0; gc < gcs && !r; gc++) {
+			if (!qcow2_md_l2_present(md, gc)) {
+				gc |= (1ULL << g->l2_bits) - 1;
+				continue;
+			}
+			if (!(gc & 4095))
+				cond_resched();
+			r = qcow2_md_lookup(md, gc << g->cluster_bits, true, &type, &info,
+					    &pending);
+			if (r || type != QCOW2_CLUSTER_NORMAL)
+				continue;
+			c = info.host_offset >> g->cluster_bits;
+			p = xa_load(&count, c);
+			if (pass == 1) {
+				/* Over an entry: no memory needed. */
+				if (p)
+					xa_store(&count, c, xa_mk_value(xa_to_value(p) + 1),
+						 COPIED_GFP);
+				continue;
+			}
+			if (info.copied || p)
+				continue;
+			r = qcow2_rc_get(md, c, &rc);
+			if (!r && rc == 1)
+				xa_store(&count, c, xa_mk_value(0), COPIED_GFP);
+		}
+	}
+	xa_for_each(&count, c, p)
+		if (!r && xa_to_value(p) == 1 &&
+		    !xa_is_err(xa_store(&md->unique_scan, c, xa_mk_value(1), COPIED_GFP)))
+			md->nr_scan++;
+	xa_destroy(&count);
+	return r;
+}
+
+/*
  * Scan the active L2 tables.  Staged entries that point into the set are
  * handled by restore_one() through the lookup of each candidate; staged
  * entries over an entry that did not point there need no flag: what the
@@ -158,11 +212,13 @@ static int scan_table(struct qcow2_metadata *md, u64 l1_index, u64 l2_off, bool 
 static int scan_tables(struct qcow2_metadata *md)
 {
 	const struct qcow2_geometry *g = &md->geo;
-	bool all = md->scan_all;
 	unsigned long i;
 	int r = 0;
 
-	md->scan_all = false;
+	if (md->scan_all) {
+		md->scan_all = false;
+		r = find_unique(md);
+	}
 	md->nr_scan = 0;
 	for (i = 0; i < g->l1_size && !r; i++) {
 		void *p = xa_load(&md->pending_l1, i);
@@ -175,7 +231,7 @@ static int scan_tables(struct qcow2_metadata *md)
 		else
 			continue;	/* none, or shared with a snapshot */
 		if (l2)
-			r = scan_table(md, i, l2, all);
+			r = scan_table(md, i, l2);
 		cond_resched();
 	}
 	xa_destroy(&md->unique_scan);

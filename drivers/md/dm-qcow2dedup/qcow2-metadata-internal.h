@@ -91,13 +91,14 @@ int qcow2_rc_load(struct qcow2_metadata *md);
 int qcow2_rc_get(struct qcow2_metadata *md, u64 cluster, u64 *rc);
 int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
 		    u64 *new_rc);
-int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster);
+int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta);
 int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 			  const void *val, u32 len);
 
 /* qcow2-metadata.c */
 int qcow2_md_new_cluster(struct qcow2_metadata *md, u64 cluster, u64 copy_from);
 bool qcow2_md_is_meta(struct qcow2_metadata *md, u64 cluster);
+int qcow2_md_meta_note(struct qcow2_metadata *md, u64 cluster);
 int qcow2_md_write_be64(struct qcow2_metadata *md, u64 pos, u64 value);
 
 /* qcow2-copied.c */

@@ -56,6 +56,15 @@ static u64 pending_decode(void *p)
 	return v;
 }
 
+/*
+ * Memory.  Staging must not fail half-way for want of memory: every slot a
+ * staging function will store into is reserved first (xa_reserve()), and a
+ * failed reservation returns -ENOMEM with nothing changed, so that the
+ * caller can simply try again later.  A store into a reserved slot, or over
+ * an existing entry, needs no memory.
+ */
+#define MD_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
+
 static u64 guest_cluster(struct qcow2_metadata *md, u64 guest_off)
 {
 	return guest_off >> md->geo.cluster_bits;
@@ -303,7 +312,20 @@ static int check_metadata(struct qcow2_metadata *md, struct qcow2_refusal *why)
 }
 
 /**
- * qcow2_md_is_meta() - was the cluster metadata at open?
+ * qcow2_md_meta_note() - cluster @cluster becomes metadata (a new L2
+ *	table, refcount block, refcount table or dedup table cluster).
+ * @md: metadata.
+ * @cluster: host cluster index, not yet counted.
+ *
+ * Return: 0 or -ENOMEM (nothing changed).
+ */
+int qcow2_md_meta_note(struct qcow2_metadata *md, u64 cluster)
+{
+	return xa_err(xa_store(&md->meta, cluster, xa_mk_value(1), MD_GFP));
+}
+
+/**
+ * qcow2_md_is_meta() - is the cluster metadata?
  * @md: metadata.
  * @cluster: host cluster index.
  *
@@ -612,15 +634,6 @@ int qcow2_md_clear_autoclear(struct qcow2_metadata *md)
 	return r;
 }
 
-/*
- * Memory.  Staging must not fail half-way for want of memory: every slot a
- * staging function will store into is reserved first (xa_reserve()), and a
- * failed reservation returns -ENOMEM with nothing changed, so that the
- * caller can simply try again later.  A store into a reserved slot, or over
- * an existing entry, needs no memory.
- */
-#define MD_GFP	(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN)
-
 static int stage_decrement(struct qcow2_metadata *md, u64 cluster)
 {
 	void *old = xa_load(&md->decrements, cluster);
@@ -662,7 +675,7 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 	if (!r && old)
 		r = xa_reserve(&md->decrements, old >> md->geo.cluster_bits, MD_GFP);
 	if (!r)
-		r = qcow2_rc_alloc(md, &c);
+		r = qcow2_rc_alloc(md, &c, true);
 	if (r) {
 		xa_release(&md->pending_l1, i);
 		if (old)
@@ -670,8 +683,14 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 		return r;
 	}
 	r = qcow2_md_new_cluster(md, c, old);
-	if (!r && old)
+	/*
+	 * The old table is no longer the active L1's: its reference goes
+	 * (a snapshot may still hold it), and it may be freed.
+	 */
+	if (!r && old) {
+		xa_erase(&md->meta, old >> md->geo.cluster_bits);
 		r = stage_decrement(md, old >> md->geo.cluster_bits);
+	}
 	if (!r)
 		r = xa_err(xa_store(&md->pending_l1, i,
 				    xa_mk_value((c << md->geo.cluster_bits) | 1),
@@ -691,7 +710,26 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off)
 {
 	u64 c;
-	int r = qcow2_rc_alloc(md, &c);
+	int r = qcow2_rc_alloc(md, &c, false);
+
+	if (!r)
+		*host_off = c << md->geo.cluster_bits;
+	return r;
+}
+
+/**
+ * qcow2_md_alloc_meta() - allocate a cluster for metadata of the caller's
+ *	(the dedup table): guest data that points there is corrupt, as for
+ *	qcow2's own metadata.
+ * @md: metadata.
+ * @host_off: its byte offset.
+ *
+ * Return: 0, -ENOSPC, -ENOMEM (nothing changed) or an I/O error.
+ */
+int qcow2_md_alloc_meta(struct qcow2_metadata *md, u64 *host_off)
+{
+	u64 c;
+	int r = qcow2_rc_alloc(md, &c, true);
 
 	if (!r)
 		*host_off = c << md->geo.cluster_bits;

@@ -164,6 +164,9 @@ static int create_refblock(struct qcow2_metadata *md, u64 bi)
 		DMERR_LIMIT("metadata cluster %llu is not counted: image corrupt", first);
 		return -EUCLEAN;
 	}
+	r = qcow2_md_meta_note(md, first);
+	if (r)
+		return r;
 	r = qcow2_md_new_cluster(md, first, 0);
 	if (r)
 		return r;
@@ -235,13 +238,14 @@ int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
  * qcow2_rc_alloc() - allocate a free cluster (refcount 0 -> 1).
  * @md: metadata.
  * @cluster: the cluster's index.
+ * @meta: it will hold metadata: noted in @md->meta (qcow2_md_is_meta()).
  *
  * Scans from a hint that follows the last allocation and is moved back by
  * frees, so freed space is reused first.
  *
  * Return: 0, -ENOSPC when no cluster of the device is free, or an error.
  */
-int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster)
+int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta)
 {
 	u64 per_block = BIT_ULL(rb_block_bits(md));
 	u64 scanned = 0, c = md->free_hint;
@@ -274,6 +278,12 @@ int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster)
 			if (qcow2_md_is_meta(md, c)) {
 				DMERR_LIMIT("metadata cluster %llu has refcount 0: corrupt", c);
 				return -EUCLEAN;
+			}
+			/* Noted before it is counted: -ENOMEM changes nothing. */
+			if (meta) {
+				r = qcow2_md_meta_note(md, c);
+				if (r)
+					return r;
 			}
 			r = set_rc(md, refblock, c, 0, 1);
 			if (r)
@@ -317,6 +327,13 @@ static int grow_reftable(struct qcow2_metadata *md, u64 block_index)
 	table = kvcalloc(entries, sizeof(u64), GFP_NOIO);
 	if (!table)
 		return -ENOMEM;
+	for (i = 0; i <= k && !r; i++)
+		r = qcow2_md_meta_note(md, first + i);
+	if (r) {
+		while (i--)
+			xa_erase(&md->meta, first + i);
+		goto bad;
+	}
 	memcpy(table, old_table, old_entries * sizeof(u64));
 	table[old_entries] = first << g->cluster_bits;
 

@@ -25,6 +25,10 @@
 #           overwritten: the device stays in write mode (the decrement past
 #           the end failed the commit and turned it read-only)
 #  rc0      a data cluster of refcount 0, discarded (nodedup): write mode
+#  newl2    a COPIED L2 entry names a free cluster, which the next new L2
+#           table takes (nodedup, 2 GiB disk, a write at 1 GiB): a write
+#           through the crafted entry must fail, not land in the new table
+#           (the metadata set knew only the tables found at activation)
 #
 # After each activation: the data read in UML equals qemu-img's view, the
 # kernel log has the expected warning, and on the host qemu-img check finds
@@ -102,6 +106,13 @@ new_image rc0.qcow2
 qemu-io -c "write -P 0x14 0 64k" -c "write -P 0x15 1M 64k" rc0.qcow2 >/dev/null
 $POKE rc0.qcow2 refcount "$($POKE rc0.qcow2 data-cluster 0)" 0 >/dev/null
 pad rc0.qcow2
+
+# ---- newl2: a COPIED entry naming the cluster the next L2 table takes ----
+qemu-img create -q -f qcow2 -o cluster_size=$K newl2.qcow2 2G
+qemu-io -c "write -P 0x31 0 64k" newl2.qcow2 >/dev/null
+NEXT=$(( ($(stat -c %s newl2.qcow2) + K - 1) / K ))
+$POKE newl2.qcow2 l2 $K "$(printf 0x%x $(( (1 << 63) | NEXT * K )))"
+pad newl2.qcow2
 
 for i in lie copied copied-rb l2leaf dataleaf cmp-end rc0; do
 	qemu-img convert -f qcow2 -O raw "$i.qcow2" "$i.before.raw" 2>/dev/null ||
@@ -188,12 +199,24 @@ mode_is write rc0
 is 3 p55.bin rc0
 dmsetup remove t || bad "rc0: remove"
 klog "lower than its references"
+
+echo "== newl2"
+dmsetup create t --table "0 $((4 << 20)) qcow2dedup /dev/ubdh 1 nodedup" || bad "newl2: create"
+dd if=p16.bin of=/dev/mapper/t bs=$K seek=16384 oflag=direct status=none || bad "newl2: write at 1 GiB"
+sync /dev/mapper/t
+dd if=p55.bin of=/dev/mapper/t bs=$K seek=1 oflag=direct status=none 2>/dev/null &&
+	bad "newl2: a write through the entry naming the new L2 table succeeded"
+sync /dev/mapper/t
+is 16384 p16.bin newl2
+dd if=/dev/mapper/t bs=$K count=1 iflag=direct status=none | tr -d '\061' | wc -c | grep -qx 0 || bad "newl2: guest 0"
+mode_is write newl2
+dmsetup remove t || bad "newl2: remove"
 echo inner-done
 exit \$rc
 EOF
 } >inner.sh
 run_inner inner -d lie.qcow2 -d copied.qcow2 -d copied-rb.qcow2 -d l2leaf.qcow2 \
-	-d dataleaf.qcow2 -d cmp-end.qcow2 -d rc0.qcow2
+	-d dataleaf.qcow2 -d cmp-end.qcow2 -d rc0.qcow2 -d newl2.qcow2
 
 log "host checks"
 want_stat lie.stats verify_mismatches -ge 1
@@ -237,4 +260,6 @@ qemu-io -r -c "read -P 0x16 0 64k" -c "read -P 0x55 128k 64k" -c "read -P 0x13 1
 	cmp-end.qcow2 >/dev/null || fail "cmp-end: contents"
 qemu-io -r -c "read -P 0 0 64k" -c "read -P 0x55 192k 64k" -c "read -P 0x15 1M 64k" \
 	rc0.qcow2 >/dev/null || fail "rc0: contents"
+qemu-io -r -c "read -P 0x31 0 64k" -c "read -P 0x16 1G 64k" newl2.qcow2 >/dev/null ||
+	fail "newl2: contents (the new L2 table was written through the crafted entry?)"
 log "hostile images: data kept, no crash, write mode kept"

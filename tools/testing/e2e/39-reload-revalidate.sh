@@ -110,6 +110,16 @@ for o in 0 16 32; do same d.bin /dev/mapper/a \$o; done
 for o in 48 60 64; do same e.bin /dev/mapper/a \$o; done
 dmsetup status a | grep -q "qcow2dedup write " || bad "foreign: \$(dmsetup status a)"
 
+echo "== revert"
+# A table that needs an engine of its own, loaded while suspended, then
+# cleared: the old table resumes (its engine retires only when the new
+# one goes live).
+dmsetup suspend a || bad "revert: suspend"
+dmsetup reload a --table "\$line 2 flush_interval 200" || bad "revert: reload"
+dmsetup clear a || bad "revert: clear"
+dmsetup resume a || bad "revert: the old table did not resume"
+same d.bin /dev/mapper/a 0
+
 echo "== resize"
 dmsetup suspend a || bad "resize: suspend"
 blockdev --flushbufs /dev/ubda
@@ -141,11 +151,41 @@ same d.bin /dev/mapper/g 176
 same e.bin /dev/mapper/g 160
 dmsetup remove g || bad "grow: remove"
 dmsetup remove lin
+
+echo "== v2-stale"
+# No dedup table on a v2 image: no bit shows QEMU's writes, so the index
+# does not survive a suspend.  Shared X (guest 0 and 64K); QEMU rewrites
+# guest 0 while suspended (copy-on-write: X keeps the one reference of
+# 64K).  Then x at 128K, discards of 64K and 128K (X is freed), y at 192K
+# (which may take X), x at 256K: it must read x, and the image must be
+# consistent (an index kept over the suspend still named guest 0 as X's
+# referrer, kept X indexed when it was freed, and shared it again).
+v2="0 $((64 * 2048)) qcow2dedup /dev/ubdb"
+dmsetup create v --table "\$v2" || bad "v2-stale: create"
+dd if=x.bin of=/dev/mapper/v bs=64k seek=0 oflag=direct status=none
+dd if=x.bin of=/dev/mapper/v bs=64k seek=1 oflag=direct status=none
+sync /dev/mapper/v
+dmsetup suspend v
+blockdev --flushbufs /dev/ubdb
+qemu-io -f qcow2 -c "write -P 0x77 0 64k" /dev/ubdb >/dev/null || bad "v2-stale: qemu-io"
+dmsetup resume v || bad "v2-stale: resume"
+dd if=x.bin of=/dev/mapper/v bs=64k seek=2 oflag=direct status=none
+blkdiscard -o 65536 -l 131072 /dev/mapper/v || bad "v2-stale: discard"
+sync /dev/mapper/v
+dd if=y.bin of=/dev/mapper/v bs=64k seek=3 oflag=direct status=none
+dd if=x.bin of=/dev/mapper/v bs=64k seek=4 oflag=direct status=none
+sync /dev/mapper/v
+dd if=/dev/mapper/v bs=64k skip=4 count=1 iflag=direct status=none | cmp -s - x.bin ||
+	bad "v2-stale: guest 256K does not read x"
+dmsetup remove v || bad "v2-stale: remove"
 echo inner-done
 exit \$rc
 EOF
 } >inner.sh
-run_inner inner -d img.qcow2
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=65536 v2.qcow2 64M
+truncate -s 128M v2.qcow2
+python3 -c 'import random; r = random.Random(41); open("x.bin","wb").write(r.randbytes(65536)); open("y.bin","wb").write(r.randbytes(65536))'
+run_inner inner -d img.qcow2 -d v2.qcow2
 
 log "host checks"
 qemu-img snapshot -l img.qcow2 | grep -q snap2 || fail "the snapshots are gone"
@@ -163,4 +203,9 @@ for o in (48, 60, 64, 160):
 open("want.raw", "wb").write(x)
 PY
 qemu-img compare -q -f raw -F qcow2 want.raw img.qcow2 || fail "contents differ"
+qemu-img check v2.qcow2 || fail "v2-stale: qemu-img check"
+qemu-io -r -c "read -P 0x77 0 64k" -c "read -P 0 64k 128k" v2.qcow2 >/dev/null || fail "v2-stale: contents"
+qemu-img convert -q -f qcow2 -O raw v2.qcow2 v2.raw
+cmp -n 65536 -i 196608:0 v2.raw y.bin || fail "v2-stale: contents at 192K"
+cmp -n 65536 -i 262144:0 v2.raw x.bin || fail "v2-stale: contents at 256K"
 log "one engine per image; a resume re-reads what another program changed"
