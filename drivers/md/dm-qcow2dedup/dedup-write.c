@@ -585,7 +585,14 @@ static int decide(struct qcow2dedup *q, struct qcow2_op *op)
 			if (r != -ENOSPC)
 				return r;
 		}
-		/* Not shared: written unindexed, the digest is taken. */
+		/*
+		 * Not shared.  An entry whose bytes lied was given its true
+		 * digest or dropped (@e may be gone): then this digest is
+		 * free and the new cluster takes it.  Otherwise (a weak
+		 * hash's collision, the refcount ceiling) the digest stays
+		 * taken and the cluster is written unindexed.
+		 */
+		e = dedup_find(&q->index, op->digest);
 	}
 	if (type == QCOW2_CLUSTER_NORMAL && info.copied)
 		r = write_over_copied(q, op, info.host_offset, !e);
