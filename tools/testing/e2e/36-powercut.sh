@@ -62,6 +62,8 @@ SECTORS=$((VSIZE / 512))
 cat >pc.py <<'PY'
 """Plan, run (inside UML) and verify the power-cut workload."""
 import json, mmap, os, random, re, shutil, struct, subprocess, sys, tempfile, time
+sys.path.insert(0, os.environ["E2E_DIR"])
+import copied_window  # noqa: E402
 
 SECTOR = 512
 
@@ -266,7 +268,9 @@ def qcheck(image):
     errs = [l for l in p.stderr.split("\n") if l.startswith("ERROR") or "orrupt" in l]
     bad = j.get("corruptions", 0) + j.get("check-errors", 0)
     if DEDUP:
-        bad -= sum(1 for l in errs if l.startswith("ERROR OFLAG_COPIED data cluster"))
+        # Only the COPIED mismatches the admin guide allows after a crash.
+        allowed, _ = copied_window.classify(p.stderr, copied_window.cluster_bits(image))
+        bad -= allowed
     return bad, j.get("leaks", 0), "\n".join(errs)
 
 def replay(args):
@@ -427,14 +431,18 @@ try:
 except ValueError:
     print("qemu-img check output is not JSON: " + sys.argv[1]); sys.exit(2)
 bad = j.get("corruptions", 0) + j.get("check-errors", 0)
-copied = sum(1 for l in open("check.err") if l.startswith("ERROR OFLAG_COPIED data cluster"))
 if sys.argv[2] == "1":
+    sys.path.insert(0, sys.argv[4])
+    import copied_window
+    copied, wrong = copied_window.classify(open("check.err").read(),
+                                           copied_window.cluster_bits(sys.argv[3]))
     bad -= copied
     if copied:
         print("# %d COPIED flags in the window" % copied, file=sys.stderr)
 print(j.get("leaks", 0))
-sys.exit(1 if bad else 0)' "$out" "$DEDUP" || { echo "$out" >&2; cat check.err >&2; return 1; }
-	if [ "$DEDUP" = 1 ] && grep -q '^ERROR OFLAG_COPIED' check.err; then
+sys.exit(1 if bad else 0)' "$out" "$DEDUP" "$1" "$E2E_DIR" || { echo "$out" >&2; cat check.err >&2; return 1; }
+	# The last round's mismatches stay: the clean activation must fix them.
+	if [ "$DEDUP" = 1 ] && [ "${KEEP_COPIED:-0}" = 0 ] && grep -q '^ERROR OFLAG_COPIED' check.err; then
 		qemu-img check -q -r all "$1" >/dev/null 2>&1 || true
 		qemu-img check -q "$1" >/dev/null 2>&1 || { echo "qemu-img check -r all did not repair $1" >&2; return 1; }
 	fi
@@ -468,6 +476,7 @@ qemu-img check -q A.qcow2
 qemu-img check -q B.qcow2
 
 declare -A leaks_of=([A]=0 [B]=0)
+total_batches=0
 start_delay=2.5		# seconds from uml-run to the workload's start; measured below
 for round in $(seq 1 "$ROUNDS"); do
 	round_start=$SECONDS
@@ -492,8 +501,10 @@ EOF
 	if [ -f "started.$round" ]; then
 		delay=$(python3 -c 'import os, sys; print("%.2f" % (os.stat(sys.argv[1]).st_mtime - float(sys.argv[2])))' "started.$round" "$t0")
 		start_delay=$(python3 -c 'import sys; print("%.2f" % (0.5 * float(sys.argv[1]) + 0.5 * float(sys.argv[2])))' "$start_delay" "$delay")
-		when=$(python3 -c 'import sys; print("%.2fs after the workload start at %ss" % (float(sys.argv[1]) - float(sys.argv[2]), sys.argv[2]))' "$cut_at" "$delay")
+		after=$(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$cut_at" "$delay")
+		when="${after}s after the workload start at ${delay}s"
 	else
+		after=-1
 		when="before the workload started"
 	fi
 	if [ "$rc" -ne 137 ]; then
@@ -503,7 +514,16 @@ EOF
 	fi
 	batches=0
 	[ -f "log.$round" ] && batches=$(grep -c '^batch .* done$' "log.$round" || true)
-	leaks=$(check_image "$img.qcow2") || {
+	total_batches=$((total_batches + batches))
+	# Progress: a cut well after the start must find completed batches (a
+	# deadlock on the first write after recovery completes none).
+	if python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 1.5)' "$after" && [ "$batches" -eq 0 ]; then
+		cp "$img.qcow2" "$CACHE/e2e/powercut-failed-$SEED-$round.qcow2" 2>/dev/null || true
+		fail "round $round ($img): no batch completed in the ${after}s before the cut (a hang?)"
+	fi
+	keep_copied=0
+	[ "$round" -eq "$ROUNDS" ] && keep_copied=1
+	leaks=$(KEEP_COPIED=$keep_copied check_image "$img.qcow2") || {
 		cp "$img.qcow2" "$CACHE/e2e/powercut-failed-$SEED-$round.qcow2" 2>/dev/null || true
 		fail "round $round ($img): qemu-img check finds corruption (seed $SEED; image kept as $CACHE/e2e/powercut-failed-$SEED-$round.qcow2)"
 	}
@@ -541,6 +561,13 @@ for d in A:/dev/ubda B:/dev/ubdb; do
 	dmsetup status final\$n
 	sum=\$(dd if=/dev/mapper/final\$n bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1)
 	[ "\$sum" = "\$(cat \$n.final.sum)" ] || { echo "FAIL \$n: the target reads other data than qemu-img"; rc=1; }
+	# With dedup, the rebuild restores the COPIED flags the last cut left
+	# clear; the removal then leaves no mismatch at all.
+	for i in \$(seq 600); do
+		dmsetup message final\$n 0 stats | grep -qx 'rebuild_progress 100' && break
+		sleep 0.1
+	done
+	dmsetup message final\$n 0 stats | grep -E '^(rebuild_progress|rebuild_copied|mode) '
 	dmsetup remove final\$n
 done
 exit \$rc
@@ -549,7 +576,8 @@ t=$SECONDS
 uml -d A.qcow2 -d B.qcow2 -- bash inner.final.sh || fail "final clean activation"
 log "clean activation, full read and removal: $((SECONDS - t))s"
 for img in A B; do
-	# After a clean deactivation every COPIED flag must be exact: no allowance.
+	# After a clean deactivation every COPIED flag must be exact: no
+	# allowance, and the last round left its mismatches unrepaired.
 	leaks=$(DEDUP=0 check_image "$img.qcow2") || fail "$img: corruption after the clean activation"
 	qemu-img check -q -r leaks "$img.qcow2" >/dev/null 2>&1 || true
 	qemu-img check -q "$img.qcow2" || fail "$img: qemu-img check not clean after -r leaks"
@@ -559,7 +587,8 @@ for img in A B; do
 done
 qemu-img convert -O raw -l snapshot.name=base B.qcow2 B.snap.now.raw
 cmp -s B.snap.raw B.snap.now.raw || fail "B: the snapshot changed"
-log "all $ROUNDS power cuts survived (${SECONDS}s)"
+[ "$total_batches" -gt 0 ] || fail "no batch completed in any round"
+log "all $ROUNDS power cuts survived, $total_batches batches completed (${SECONDS}s)"
 
 if [ "${POWERCUT_PART2:-1}" = 0 ]; then
 	log "part 2 skipped (POWERCUT_PART2=0); total ${SECONDS}s"

@@ -303,8 +303,8 @@ if __name__ == "__main__":
     sys.exit({"plan": plan, "run": run, "monitor": monitor, "verify": verify}[cmd](a) or 0)
 PY
 
-# copied_only IMAGE: qemu-img check finds no corruption other than COPIED
-# flags of data clusters; prints "LEAKS COPIED".
+# copied_only IMAGE: qemu-img check finds no corruption other than the COPIED
+# mismatches a crash may leave (copied_window.py); prints "LEAKS COPIED".
 copied_only() {
 	local out
 	out=$(qemu-img check --output=json "$1" 2>"$1.qerr") || true
@@ -314,10 +314,13 @@ try:
     j = json.loads(sys.argv[1])
 except ValueError:
     sys.exit("qemu-img check output is not JSON: " + sys.argv[1])
-copied = sum(1 for l in open(sys.argv[2]) if l.startswith("ERROR OFLAG_COPIED data cluster"))
+sys.path.insert(0, sys.argv[4])
+import copied_window
+copied, wrong = copied_window.classify(open(sys.argv[2]).read(),
+                                       copied_window.cluster_bits(sys.argv[3]))
 bad = j.get("corruptions", 0) + j.get("check-errors", 0) - copied
 print(j.get("leaks", 0), copied)
-sys.exit(1 if bad else 0)' "$out" "$1.qerr" || { echo "$out" >&2; grep -v '^Leaked' "$1.qerr" >&2; return 1; }
+sys.exit(1 if bad else 0)' "$out" "$1.qerr" "$1" "$E2E_DIR" || { echo "$out" >&2; grep -v '^Leaked' "$1.qerr" >&2; return 1; }
 }
 
 # tool_check IMAGE: qcow2dedup check --json; prints "STATE ENTRIES";
@@ -351,6 +354,8 @@ done
 declare -A state=([A]=absent [B]=absent) entries=([A]=0 [B]=0) repaired=([A]=0 [B]=0) leakfix=([A]=0 [B]=0)
 declare -A cuts_open=([A]=0 [B]=0) loaded_total=([A]=0 [B]=0) incomplete=([A]=0 [B]=0)
 during=0		# rounds cut while the workloads ran
+total_cycles=0		# suspend/resume and reload cycles completed on A
+declare -A total_durable=([A]=0 [B]=0)
 start_delay=3.0		# seconds from uml-run to the workloads' start; measured below
 for round in $(seq 1 "$ROUNDS"); do
 	round_start=$SECONDS
@@ -385,9 +390,9 @@ python3 pc.py run plan.$round.B.json /dev/mapper/pcB log.$round.B started.$round
 # A is suspended and resumed (the table is closed and reopened), or
 # reloaded (a new instance loads the table the suspend wrote), under load.
 while sleep 0.4; do
-	dmsetup suspend pcA && dmsetup resume pcA
+	dmsetup suspend pcA && dmsetup resume pcA && echo suspend >>cycles.$round
 	sleep 0.4
-	dmsetup reload pcA --table "\$(cat line.$round.A)" && dmsetup resume pcA
+	dmsetup reload pcA --table "\$(cat line.$round.A)" && dmsetup resume pcA && echo reload >>cycles.$round
 done &
 wait
 EOF
@@ -399,10 +404,12 @@ EOF
 		fail "round $round: uml-run exited $rc, not 137 (cut at ${cut_at}s)"
 	fi
 	when="before the workloads started"
+	after=-1	# seconds from the workloads' start to the cut
 	if [ -f started.$round ]; then
 		delay=$(python3 -c 'import os, sys; print("%.2f" % (os.stat(sys.argv[1]).st_mtime - float(sys.argv[2])))' started.$round "$t0")
 		start_delay=$(python3 -c 'import sys; print("%.2f" % (0.5 * float(sys.argv[1]) + 0.5 * float(sys.argv[2])))' "$start_delay" "$delay")
-		when=$(python3 -c 'import sys; print("%.2fs after the start" % (float(sys.argv[1]) - float(sys.argv[2])))' "$cut_at" "$delay")
+		after=$(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$cut_at" "$delay")
+		when="${after}s after the start"
 		during=$((during + 1))
 	else
 		# A loaded host boots slowly: aim later next time.
@@ -461,6 +468,15 @@ print(1 if (json.load(sys.stdin)["dedup_table"].get("flags") or 0) & 4 else 0)')
 		v=$(python3 pc.py verify plan.$round.$img.json log.$round.$img $img.base.raw $img.actual.raw) ||
 			{ echo "$v"; keep $img "$round"; fail "round $round $img: data check failed (seed $SEED)"; }
 		mv $img.actual.raw $img.base.raw
+		# Progress: a round cut well after its workload started must have
+		# completed writes (a deadlock after recovery completes none).
+		[[ "$v" =~ \;\ ([0-9]+)\ ops\ durable ]] || fail "round $round $img: no durable count in '$v'"
+		durable=${BASH_REMATCH[1]}
+		total_durable[$img]=$((total_durable[$img] + durable))
+		if python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 1.5)' "$after" && [ "$durable" -eq 0 ]; then
+			keep $img "$round"
+			fail "round $round $img: no write completed in the ${after}s before the cut (a hang?)"
+		fi
 		# 4. No entry loaded after a crash differed from its cluster.
 		mon="no stats"
 		if [ -s mon.$round.$img ]; then
@@ -477,11 +493,21 @@ print(1 if (json.load(sys.stdin)["dedup_table"].get("flags") or 0) & 4 else 0)')
 			summary[-1]+="; leaks freed by qemu-img check -r leaks, table stale"
 		fi
 	done
-	log "round $round ($((SECONDS - round_start))s): cut ${cut_at}s after launch, $when"
+	# The suspend/resume/reload loop on A starts 0.4 s after the workloads;
+	# a suspend that hangs with I/O in flight completes no cycle.
+	ncycles=$(cat cycles.$round 2>/dev/null | wc -l)
+	total_cycles=$((total_cycles + ncycles))
+	if python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 3.0)' "$after" && [ "$ncycles" -eq 0 ]; then
+		fail "round $round: no suspend/resume or reload cycle completed in the ${after}s before the cut (a hang?)"
+	fi
+	log "round $round ($((SECONDS - round_start))s): cut ${cut_at}s after launch, $when; $ncycles suspend/reload cycles"
 	for s in "${summary[@]}"; do log "  $s"; done
 done
 # Most cuts must hit the workloads, or the run proved little.
 [ $((2 * during)) -ge "$ROUNDS" ] || fail "only $during of $ROUNDS cuts came while the workloads ran (host too loaded?)"
+[ "${total_durable[A]}" -gt 0 ] && [ "${total_durable[B]}" -gt 0 ] && [ "$total_cycles" -gt 0 ] ||
+	fail "no progress: durable ops A ${total_durable[A]} B ${total_durable[B]}, cycles $total_cycles"
+log "progress: durable ops A ${total_durable[A]} B ${total_durable[B]}; suspend/reload cycles on A: $total_cycles"
 log "cuts during the workloads: $during of $ROUNDS; table left open A ${cuts_open[A]} B ${cuts_open[B]} times; entries loaded after cuts A ${loaded_total[A]} B ${loaded_total[B]};" \
     "COPIED repairs by QEMU (tables made stale) A ${repaired[A]} B ${repaired[B]};" \
     "leak repairs (stale, rebuilt under the workload) A ${leakfix[A]} B ${leakfix[B]}"

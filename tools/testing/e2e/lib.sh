@@ -8,6 +8,7 @@
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export E2E_DIR	# for the scenarios' Python helpers (copied_window.py)
 REPO=$(cd "$E2E_DIR/../../.." && pwd)
 UML_RUN=$REPO/tools/testing/uml-run
 CACHE=${QCOW2DEDUP_CACHE:-/var/tmp/qcow2dedup}
