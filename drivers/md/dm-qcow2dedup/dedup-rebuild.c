@@ -324,7 +324,7 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		WRITE_ONCE(rb->active, true);
 		r = qcow2dedup_table_rebuilding(q);
 		if (r) {
-			qcow2dedup_metadata_error(q, "dedup table header", r);
+			qcow2dedup_metadata_error_once(q, "dedup table header", r);
 			rebuild_end(q, "failed");
 			return;
 		}

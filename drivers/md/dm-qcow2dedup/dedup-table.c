@@ -922,7 +922,7 @@ void qcow2dedup_table_worker(struct qcow2dedup *q)
 			r = qcow2dedup_table_flush(q, true, req != t->flush_done);
 		/* Memory short: the message fails, the mode stays. */
 		if (r && r != -ENOMEM)
-			qcow2dedup_metadata_error(q, "dedup table flush", r);
+			qcow2dedup_metadata_error_once(q, "dedup table flush", r);
 	}
 	spin_lock_irq(&q->lock);
 	t->flush_err = r;

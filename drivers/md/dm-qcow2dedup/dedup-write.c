@@ -218,7 +218,7 @@ static int slot_barrier(struct qcow2dedup *q, u64 host)
 		return 0;
 	r = qcow2dedup_table_barrier(q);
 	if (r)
-		qcow2dedup_metadata_error(q, "dedup table update", r);
+		qcow2dedup_metadata_error_once(q, "dedup table update", r);
 	return r;
 }
 
@@ -501,7 +501,7 @@ void qcow2dedup_barrier_done(struct qcow2dedup *q)
 	list_splice_init(&q->barrier_wait, &ops);
 	r = qcow2dedup_table_barrier(q);
 	if (r)
-		qcow2dedup_metadata_error(q, "dedup table update", r);
+		qcow2dedup_metadata_error_once(q, "dedup table update", r);
 	list_for_each_entry_safe(op, tmp, &ops, list) {
 		list_del_init(&op->list);
 		if (r) {

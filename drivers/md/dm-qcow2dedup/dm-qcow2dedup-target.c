@@ -97,6 +97,19 @@ void qcow2dedup_metadata_error(struct qcow2dedup *q, const char *what, int r)
 }
 
 /*
+ * The error of a step that may have committed on the way (a table
+ * write-back, a table barrier): qcow2dedup_commit() reports its own
+ * failure, and reporting it again would turn one I/O error into fail mode.
+ * Such steps start only in write mode, so a mode that has left write was
+ * switched by this very error.
+ */
+void qcow2dedup_metadata_error_once(struct qcow2dedup *q, const char *what, int r)
+{
+	if (READ_ONCE(q->mode) == MODE_WRITE)
+		qcow2dedup_metadata_error(q, what, r);
+}
+
+/*
  * Readers of host clusters.  Every bio remapped to a host cluster is
  * counted in the current generation from map() (or the worker) until its
  * end_io; a commit about to free clusters starts a new generation and waits
@@ -1026,7 +1039,7 @@ static void commit_and_complete(struct qcow2dedup *q, struct bio_list *flushes)
 			status = BLK_STS_IOERR;
 		/* Slots of what the commit made durable: written lazily. */
 		else if (qcow2dedup_table_flush(q, false, false))
-			qcow2dedup_metadata_error(q, "dedup table update", -EIO);
+			qcow2dedup_metadata_error_once(q, "dedup table update", -EIO);
 	} else if (qcow2_md_dirty(q->md)) {
 		/* Staged changes will never reach the disk now. */
 		status = BLK_STS_IOERR;

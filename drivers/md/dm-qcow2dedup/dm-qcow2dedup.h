@@ -294,6 +294,7 @@ struct qcow2_op {
 const char *qcow2dedup_dev_name(struct qcow2dedup *q);
 void qcow2dedup_wake(struct qcow2dedup *q);
 void qcow2dedup_metadata_error(struct qcow2dedup *q, const char *what, int r);
+void qcow2dedup_metadata_error_once(struct qcow2dedup *q, const char *what, int r);
 int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len);
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);
