@@ -495,7 +495,8 @@ print(1 if (json.load(sys.stdin)["dedup_table"].get("flags") or 0) & 4 else 0)')
 	done
 	# The suspend/resume/reload loop on A starts 0.4 s after the workloads;
 	# a suspend that hangs with I/O in flight completes no cycle.
-	ncycles=$(cat cycles.$round 2>/dev/null | wc -l)
+	ncycles=0	# (no file when no cycle completed; a failed cat would end the script)
+	[ -f cycles.$round ] && ncycles=$(wc -l <cycles.$round)
 	total_cycles=$((total_cycles + ncycles))
 	if python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 3.0)' "$after" && [ "$ncycles" -eq 0 ]; then
 		fail "round $round: no suspend/resume or reload cycle completed in the ${after}s before the cut (a hang?)"
