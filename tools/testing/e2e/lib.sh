@@ -10,7 +10,12 @@ set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export E2E_DIR	# for the scenarios' Python helpers (copied_window.py)
 REPO=$(cd "$E2E_DIR/../../.." && pwd)
-UML_RUN=$REPO/tools/testing/uml-run
+# The runner of the inner commands: uml-run, or RUNNER (x86-run, a name in
+# tools/testing, or a path), which takes the same options (make e2e-smp).
+case ${RUNNER:-uml-run} in
+*/*) UML_RUN=$RUNNER ;;
+*) UML_RUN=$REPO/tools/testing/${RUNNER:-uml-run} ;;
+esac
 CACHE=${QCOW2DEDUP_CACHE:-/var/tmp/qcow2dedup}
 mkdir -p "$CACHE/e2e"
 # Work directory of this scenario: visible inside UML through hostfs.
