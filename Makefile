@@ -10,6 +10,8 @@
 #   make demo       the main job on a generated image, in UML
 #   make bench      dedup throughput and index memory (not part of check)
 #   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
+#   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (not part of check; untested)
+#   make e2e-smp    the E2E_SMP scenarios through tools/testing/x86-run (not part of check; untested)
 #
 # Kernel outputs live in a cache outside the clone (QCOW2DEDUP_CACHE).
 
@@ -23,14 +25,22 @@ UML_BUILD := $(QCOW2DEDUP_CACHE)/build-uml
 KUNITCFG  := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/uml/uml.config
 JOBS      ?= $(shell nproc)
+X86_BUILD := $(QCOW2DEDUP_CACHE)/build-x86
+X86CFG    := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
+	     --kunitconfig=$(CURDIR)/tools/testing/x86/x86.config
+# As tools/testing/x86-run: KVM when usable, else TCG with a thread per vCPU.
+X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,thread=multi)
+# The scenarios make e2e-smp runs (a run-all pattern); see
+# tools/testing/x86/NOTES.md for the others.
+E2E_SMP   ?= /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
 
 .PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench fuzz \
-	install install-tool clean help
+	x86 kunit-x86 e2e-smp install install-tool clean help
 
 all: module tool
 
 help:
-	@sed -n '3,14s/^# \{0,1\}//p' Makefile
+	@sed -n '3,16s/^# \{0,1\}//p' Makefile
 
 module: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m W=1 modules
@@ -54,6 +64,23 @@ kunit: uml
 
 e2e: uml
 	tools/testing/e2e/run-all
+
+# The SMP x86_64 debug kernel (tools/testing/x86/x86.config: 2 vCPUs,
+# PREEMPT, lockdep, KASAN, kmemleak) in $(X86_BUILD).  Not part of check:
+# none of this has been built or booted yet (tools/testing/x86/NOTES.md).
+x86:
+	tools/testing/x86-build
+
+# kunit.py boots it with qemu -m 1024; TCG with KASAN is slow, hence the timeout.
+kunit-x86: x86
+	@command -v qemu-system-x86_64 >/dev/null || { echo "kunit-x86 needs qemu-system-x86_64: apt-get install -y qemu-system-x86"; exit 1; }
+	cd "$$(tools/testing/kernel-tree)" && python3 tools/testing/kunit/kunit.py run --arch=x86_64 \
+		--build_dir=$(X86_BUILD) $(X86CFG) --jobs=$(JOBS) --timeout=3600 \
+		--qemu_args='-smp 2' --qemu_args='-accel $(X86_ACCEL)'
+
+# Logs in $(QCOW2DEDUP_CACHE)/e2e-smp, apart from make e2e's.
+e2e-smp: x86
+	RUNNER=x86-run E2E_LOGS=$(QCOW2DEDUP_CACHE)/e2e-smp tools/testing/e2e/run-all '$(E2E_SMP)'
 
 smoke: module
 	tools/testing/smoke/check-read $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko
