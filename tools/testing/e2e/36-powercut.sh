@@ -36,7 +36,10 @@
 # Part 2 (see below) covers what a SIGKILL cannot: a disk with a volatile
 # cache that loses any subset of the writes since the last flush.  The
 # target runs on dm-log-writes, and the host checks crash states rebuilt
-# from the log.
+# from the log.  With POWERCUT_DEDUP=1 the target writes its dedup table
+# back every 50 ms, and every crash state's table is checked with
+# `qcow2dedup check` before anything repairs it: no slot may name contents
+# its cluster does not hold, or a free cluster.
 #
 # POWERCUT_ROUNDS (20), POWERCUT_LOG_BATCHES_C (80) and _D (30) size the run.
 # shellcheck source=tools/testing/e2e/lib.sh
@@ -274,6 +277,27 @@ def qcheck(image):
         bad -= allowed
     return bad, j.get("leaks", 0), "\n".join(errs)
 
+def tablecheck(image):
+    """qcow2dedup check (the dedup table, DEDUP only): None if every slot of
+    a table that is not stale names its cluster's contents and an allocated
+    cluster, else what is wrong."""
+    p = subprocess.run([os.environ["QCOW2DEDUP_TOOL"], "check", "--json", image],
+                       capture_output=True, text=True)
+    try:
+        t = json.loads(p.stdout)
+    except ValueError:
+        return "qcow2dedup check: no report: " + p.stderr.strip()
+    if t["state"] == "invalid":
+        return "qcow2dedup check: table invalid: %s" % t.get("reason")
+    if t["state"] != "stale" and (t["wrong_entries"] or t["unallocated_entries"]):
+        return "qcow2dedup check: %s table, %d wrong slots, %d naming free clusters" % (
+            t["state"], t["wrong_entries"], t["unallocated_entries"])
+    if t["state"] != "stale" and t["entries"]:
+        TABLE_SEEN[0] += 1
+    return None
+
+TABLE_SEEN = [0]	# crash states whose table had slots that were checked
+
 def replay(args):
     """replay LOGDEV IMAGE PLAN BASE.raw SEED: crash states from a dm-log-writes
     log.  IMAGE is the image as it was when logging started (it is modified).
@@ -343,14 +367,15 @@ def replay(args):
     flush_at = [i for i, e in enumerate(entries) if e[2] & 1] + [len(entries)]
     nflush = sum(1 for e in entries if e[2] & 1)
     nfua = sum(1 for e in entries if e[2] & 2)
-    checks = bad = datachecks = 0
+    checks = bad = datachecks = tablechecks = 0
     kinds = {}
     tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(image)))
     start, marks = 0, 0
     busy = sum(1 for a, b in zip([-1] + flush_at, flush_at)
                if any(e[1] and not e[2] & 8 for e in entries[a + 1:b]))
-    # About 1200 crash states per log (qemu-img check takes some 20 ms).
-    states = max(2, min(8, 1200 // max(busy, 1)))
+    # About 1200 crash states per log (qemu-img check takes some 20 ms), 600
+    # with DEDUP (qcow2dedup check of each takes some 100 ms more).
+    states = max(2, min(8, (600 if DEDUP else 1200) // max(busy, 1)))
     data_every = max(1, len(flush_at) // 12)
     for n, end in enumerate(flush_at):
         interval = [e for e in entries[start:end] if e[1] and not e[2] & 8]
@@ -368,6 +393,11 @@ def replay(args):
             saved = apply(sub)
             checks += 1
             corrupt, leaks, errs = qcheck(image)
+            if DEDUP and not corrupt:
+                # The dedup table of the crash state, before any repair.
+                tablechecks += 1
+                errs = tablecheck(image)
+                corrupt = 1 if errs else 0
             what = "%s of the %d writes after flush %d of %d (log entries %d-%d)" % (
                 "prefix of %d" % cut if t == 0 else "subset of %d" % len(sub),
                 len(interval), n, nflush, start, end - 1)
@@ -402,8 +432,12 @@ def replay(args):
     for k, v in sorted(kinds.items()):
         print("%5d crash states with: %s" % (v, k))
     print("replay: %d log entries, %d flushes, %d FUA writes (%d earlier writes behind them), "
-          "%d batch marks; %d crash states checked, %d of them for data; %d bad" % (
-              len(entries), nflush, nfua, masked, marks, checks, datachecks, bad))
+          "%d batch marks; %d crash states checked, %d of them for data, %d for the dedup "
+          "table (%d with slots); %d bad" % (len(entries), nflush, nfua, masked, marks, checks,
+                                             datachecks, tablechecks, TABLE_SEEN[0], bad))
+    if DEDUP and not TABLE_SEEN[0]:
+        print("replay: no crash state had a dedup table with slots (test bug)")
+        return 1
     return 1 if bad else 0
 
 if __name__ == "__main__":
@@ -622,6 +656,12 @@ qemu-img create -q -f qcow2 -o cluster_size=4k,refcount_bits=64 C.qcow2 64M
 qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 D.qcow2 16M
 declare -A lw_batches
 lw_batches=([C]=${POWERCUT_LOG_BATCHES_C:-80} [D]=${POWERCUT_LOG_BATCHES_D:-30})
+opts=
+if [ "$DEDUP" = 1 ]; then
+	opts=" 2 flush_interval 50"
+	need_tool
+	export QCOW2DEDUP_TOOL=$TOOL
+fi
 {
 	echo 'set -e'
 	for img in C D; do
@@ -636,7 +676,9 @@ lw_batches=([C]=${POWERCUT_LOG_BATCHES_C:-80} [D]=${POWERCUT_LOG_BATCHES_D:-30})
 		cs=$([ $img = C ] && echo 4096 || echo 512)
 		python3 pc.py plan "$SEED" 1000 "$cs" "$(stat -c %s $img.base.raw)" $img.hot.json plan.$img.json
 		echo "dmsetup create lw$img --table \"0 \$(blockdev --getsz ${disks% *}) log-writes $disks\""
-		echo "dmsetup create pc$img --table \"0 $(($(stat -c %s $img.base.raw) / 512)) qcow2dedup /dev/mapper/lw$img\""
+		# With DEDUP, the table is written back every 50 ms as well as after
+		# each fsync: slot write-backs and clears between the flushes.
+		echo "dmsetup create pc$img --table \"0 $(($(stat -c %s $img.base.raw) / 512)) qcow2dedup /dev/mapper/lw$img$opts\""
 		echo "python3 pc.py run plan.$img.json /dev/mapper/pc$img log.$img started.$img ${lw_batches[$img]} lw$img"
 		echo "dmsetup status pc$img"
 		echo "dmsetup remove pc$img"

@@ -9,5 +9,10 @@
 # flags in the documented window (see the admin guide, "Durability and
 # crash safety"), which qemu-img check -r all repairs; at the end one clean
 # activation leaves an image that checks clean.
-export POWERCUT_DEDUP=1 POWERCUT_PART2=0 POWERCUT_ROUNDS=${POWERCUT_ROUNDS:-12}
+# Part 2: crash states of a volatile-cache disk rebuilt from dm-log-writes
+# logs of a dedup workload whose table is written back every 50 ms and at
+# every fsync (slots written and cleared as clusters are shared, unshared,
+# overwritten and discarded); each state passes qemu-img check (COPIED
+# window allowed) and `qcow2dedup check` (no wrong slot) before any repair.
+export POWERCUT_DEDUP=1 POWERCUT_ROUNDS=${POWERCUT_ROUNDS:-12}
 exec "$(dirname "$0")/36-powercut.sh"

@@ -78,8 +78,7 @@ ROUNDS=${POWERCUT_ROUNDS:-24}
 REPAIR_EVERY=5
 log "seed $SEED (POWERCUT_SEED=$SEED $0 repeats this run), $ROUNDS rounds"
 cd "$WORK"
-TOOL=$REPO/tools/qcow2dedup/qcow2dedup
-[ -x "$TOOL" ] || make -s -C "$REPO" tool >/dev/null || fail "cannot build the qcow2dedup tool"
+need_tool
 
 VSIZE=$((64 << 20))
 declare -A CS=([A]=65536 [B]=4096)
@@ -302,44 +301,6 @@ if __name__ == "__main__":
     cmd, a = sys.argv[1], sys.argv[2:]
     sys.exit({"plan": plan, "run": run, "monitor": monitor, "verify": verify}[cmd](a) or 0)
 PY
-
-# copied_only IMAGE: qemu-img check finds no corruption other than the COPIED
-# mismatches a crash may leave (copied_window.py); prints "LEAKS COPIED".
-copied_only() {
-	local out
-	out=$(qemu-img check --output=json "$1" 2>"$1.qerr") || true
-	python3 -c '
-import json, sys
-try:
-    j = json.loads(sys.argv[1])
-except ValueError:
-    sys.exit("qemu-img check output is not JSON: " + sys.argv[1])
-sys.path.insert(0, sys.argv[4])
-import copied_window
-copied, wrong = copied_window.classify(open(sys.argv[2]).read(),
-                                       copied_window.cluster_bits(sys.argv[3]))
-bad = j.get("corruptions", 0) + j.get("check-errors", 0) - copied
-print(j.get("leaks", 0), copied)
-sys.exit(1 if bad else 0)' "$out" "$1.qerr" "$1" "$E2E_DIR" || { echo "$out" >&2; grep -v '^Leaked' "$1.qerr" >&2; return 1; }
-}
-
-# tool_check IMAGE: qcow2dedup check --json; prints "STATE ENTRIES";
-# fails if a slot names wrong contents or a free cluster (stale excepted).
-tool_check() {
-	"$TOOL" check --json "$1" >"$1.tool.json" 2>"$1.tool.err" || true
-	python3 -c '
-import json, sys
-try:
-    t = json.load(open(sys.argv[1]))
-except ValueError:
-    sys.exit("qcow2dedup check produced no report")
-if t["state"] == "invalid":
-    sys.exit("dedup table invalid: %s" % t.get("reason"))
-if t["state"] != "stale" and (t["wrong_entries"] or t["unallocated_entries"]):
-    sys.exit("dedup table %s: %d wrong entries, %d naming free clusters (of %d)" % (
-        t["state"], t["wrong_entries"], t["unallocated_entries"], t["entries"]))
-print(t["state"], t["entries"])' "$1.tool.json" || { cat "$1.tool.err" >&2; "$TOOL" check "$1" >&2 || true; return 1; }
-}
 
 keep() {	# keep IMAGE ROUND: save a failed image for a post-mortem
 	cp "$1.qcow2" "$CACHE/e2e/47-failed-$SEED-$2-$1.qcow2" 2>/dev/null || true

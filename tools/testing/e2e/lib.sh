@@ -147,12 +147,61 @@ print("# %s: map as expected (%d guest clusters with data on %d host clusters)"
 PY
 }
 
-# run_inner TAG UML_ARGS...: run `bash TAG.sh` (in the current directory) in
-# UML and print its output; fails unless it exits 0 and printed "TAG-done".
+# ---- Helpers of the crash scenarios (47, 54) ----
+
+# The userspace tool, built on demand.
+TOOL=$REPO/tools/qcow2dedup/qcow2dedup
+need_tool() {
+	[ -x "$TOOL" ] || make -s -C "$REPO" tool >/dev/null || fail "cannot build the qcow2dedup tool"
+}
+
+# copied_only IMAGE: qemu-img check finds no corruption other than the COPIED
+# mismatches a crash may leave (copied_window.py); prints "LEAKS COPIED".
+copied_only() {
+	local out
+	out=$(qemu-img check --output=json "$1" 2>"$1.qerr") || true
+	python3 -c '
+import json, sys
+try:
+    j = json.loads(sys.argv[1])
+except ValueError:
+    sys.exit("qemu-img check output is not JSON: " + sys.argv[1])
+sys.path.insert(0, sys.argv[4])
+import copied_window
+copied, wrong = copied_window.classify(open(sys.argv[2]).read(),
+                                       copied_window.cluster_bits(sys.argv[3]))
+bad = j.get("corruptions", 0) + j.get("check-errors", 0) - copied
+print(j.get("leaks", 0), copied)
+sys.exit(1 if bad else 0)' "$out" "$1.qerr" "$1" "$E2E_DIR" || { echo "$out" >&2; grep -v '^Leaked' "$1.qerr" >&2; return 1; }
+}
+
+# tool_check IMAGE (need_tool first): qcow2dedup check --json; prints "STATE ENTRIES";
+# fails if a slot names wrong contents or a free cluster (stale excepted).
+tool_check() {
+	"$TOOL" check --json "$1" >"$1.tool.json" 2>"$1.tool.err" || true
+	python3 -c '
+import json, sys
+try:
+    t = json.load(open(sys.argv[1]))
+except ValueError:
+    sys.exit("qcow2dedup check produced no report")
+if t["state"] == "invalid":
+    sys.exit("dedup table invalid: %s" % t.get("reason"))
+if t["state"] != "stale" and (t["wrong_entries"] or t["unallocated_entries"]):
+    sys.exit("dedup table %s: %d wrong entries, %d naming free clusters (of %d)" % (
+        t["state"], t["wrong_entries"], t["unallocated_entries"], t["entries"]))
+print(t["state"], t["entries"])' "$1.tool.json" || { cat "$1.tool.err" >&2; "$TOOL" check "$1" >&2 || true; return 1; }
+}
+
+# run_inner TAG UML_ARGS... [-- ARGS...]: run `bash TAG.sh ARGS` (in the
+# current directory) in UML and print its output; fails unless it exits 0
+# and printed "TAG-done".
 run_inner() {
-	local tag=$1 out
+	local tag=$1 out opts=()
 	shift
-	out=$(uml "$@" -- bash "$tag.sh" 2>&1) || { echo "$out"; fail "$tag: UML run failed"; }
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	out=$(uml "${opts[@]}" -- bash "$tag.sh" "$@" 2>&1) || { echo "$out"; fail "$tag: UML run failed"; }
 	echo "$out"
 	grep -q "^$tag-done\$" <<<"$out" || fail "$tag: the inner script did not finish"
 }
