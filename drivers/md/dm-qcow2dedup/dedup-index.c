@@ -187,13 +187,25 @@ static bool over_limit(struct dedup_index *idx, u64 more)
 	return idx->limit_bytes && dedup_index_bytes(idx) + more > idx->limit_bytes;
 }
 
+/*
+ * New entries may fill three quarters of the limit.  The last quarter is
+ * for referrer arrays: without it, an index that reached its limit with
+ * new contents could not give any indexed cluster a second referrer (4
+ * slots, 32 bytes), and nothing would be shared any more.
+ */
+static bool over_entry_limit(struct dedup_index *idx, u64 more)
+{
+	return idx->limit_bytes &&
+	       dedup_index_bytes(idx) + more > idx->limit_bytes - idx->limit_bytes / 4;
+}
+
 static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
 		     struct dedup_entry **entry, gfp_t gfp)
 {
 	struct dedup_entry *e;
 	int r;
 
-	if (over_limit(idx, dedup_entry_bytes()))
+	if (over_entry_limit(idx, dedup_entry_bytes()))
 		return -ENOSPC;
 	e = kmem_cache_zalloc(entry_cache, gfp);
 	if (!e)

@@ -775,7 +775,12 @@ int qcow2dedup_before_first_write(struct qcow2dedup *q)
 		return r;
 	}
 	if (r) {
-		qcow2dedup_metadata_error(q, "header update", r);
+		/*
+		 * Opening the table may have committed on the way (a new
+		 * root needs a cluster, allocating may commit): a failed
+		 * commit switched the mode already.
+		 */
+		qcow2dedup_metadata_error_once(q, "header update", r);
 		return r;
 	}
 	WRITE_ONCE(q->autoclear_done, true);
@@ -1298,8 +1303,9 @@ static void final_commit(struct qcow2dedup *q)
 	r = qcow2_md_commit(q->md, true);
 	if (!r)
 		r = qcow2dedup_table_close(q);
+	/* Closing the table may have committed (and reported) on the way. */
 	if (r)
-		qcow2dedup_metadata_error(q, "commit", r);
+		qcow2dedup_metadata_error_once(q, "commit", r);
 	WRITE_ONCE(q->autoclear_done, false);
 }
 

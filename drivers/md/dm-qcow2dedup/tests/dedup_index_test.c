@@ -379,24 +379,36 @@ static void referrers_bounded(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, (u64)e->nr_refs - 1);
 }
 
-/* At the memory limit new content is not indexed; existing entries stay. */
+/*
+ * At the memory limit new content is not indexed; existing entries stay,
+ * and keep taking referrers: new entries stop at three quarters of it.
+ */
 static void memory_limit(struct kunit *test)
 {
 	struct dedup_index *idx = test->priv;
-	struct dedup_entry *e;
+	struct dedup_entry *e, *first_e = NULL;
 	u8 d[DEDUP_KEY_MAX];
 	unsigned int i;
+	u64 first;
 
 	dedup_index_destroy(idx);
-	dedup_index_init(idx, 32, 3 * dedup_entry_bytes());
+	dedup_index_init(idx, 32, 4 * dedup_entry_bytes());
 	for (i = 0; i < 3; i++) {
 		digest_of(d, i);
 		KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, i, &e), 0);
+		dedup_write_done(idx, e, 100 + i);
+		if (!first_e)
+			first_e = e;
 	}
 	digest_of(d, 3);
 	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), -ENOSPC);
 	KUNIT_EXPECT_EQ(test, idx->entries, 3ULL);
 	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), 3 * (u64)dedup_entry_bytes());
+	/* The full index still shares what it has (this failed before). */
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, first_e, 200, &first, GFP_KERNEL), 1);
+	KUNIT_EXPECT_EQ(test, first, 100ULL);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, first_e, 201, &first, GFP_KERNEL), 2);
+	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), idx->limit_bytes);
 	digest_of(d, 1);
 	KUNIT_EXPECT_NOT_NULL(test, dedup_find(idx, d));
 	/* Room again after a removal. */
