@@ -25,6 +25,8 @@ REPORT = re.compile(
     r"suspicious RCU|lockdep|INFO: task .* blocked|Call Trace|UBSAN|unreferenced object")
 RULE = "============================="
 FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] ")
+# Boot lines that match REPORT and report nothing (x86_64 with PROVE_RCU).
+BENIGN = re.compile(r"^rcu: \s*RCU lockdep checking is enabled\.$")
 # Lines that begin another report while the dropped one has not reached its
 # stack trace yet (a report cut short, or interleaved output).
 NEXT_REPORT = re.compile(r"^(BUG:|WARNING:|Oops|Kernel panic|INFO: task |" + RULE + ")")
@@ -71,7 +73,7 @@ def main(argv):
     if dropped:
         print("uml-run: ignored %d arch/um report(s): flush_tlb_mm from aio_free_ring" % dropped,
               file=sys.stderr)
-    hits = [n for n, line in enumerate(out) if REPORT.search(line)]
+    hits = [n for n, line in enumerate(out) if REPORT.search(line) and not BENIGN.match(line)]
     if hits:
         print("uml-run: first report line: %s" % out[hits[0]], file=sys.stderr)
         return 1
