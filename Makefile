@@ -32,7 +32,7 @@ X86CFG    := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,thread=multi)
 # The scenarios make e2e-smp runs (a run-all pattern); see
 # tools/testing/x86/NOTES.md for the others.
-E2E_SMP   ?= /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
+E2E_SMP   ?= /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|54-smp-stress)\.sh$$
 
 .PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench fuzz \
 	x86 kunit-x86 e2e-smp install install-tool clean help

@@ -411,9 +411,12 @@ static void memory_limit(struct kunit *test)
 	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), idx->limit_bytes);
 	digest_of(d, 1);
 	KUNIT_EXPECT_NOT_NULL(test, dedup_find(idx, d));
-	/* Room again after a removal. */
+	/* Arrays take room from new entries too: still full after one goes. */
 	dedup_remove(idx, dedup_find(idx, d));
 	digest_of(d, 3);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), -ENOSPC);
+	/* Room again once the shared entry and its array go. */
+	dedup_remove(idx, first_e);
 	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), 0);
 	KUNIT_EXPECT_GE(test, dedup_entry_bytes(), sizeof(struct dedup_entry));
 }
