@@ -10,8 +10,8 @@
 #   make demo       the main job on a generated image, in UML
 #   make bench      dedup throughput and index memory (not part of check)
 #   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
-#   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (not part of check; untested)
-#   make e2e-smp    the E2E_SMP scenarios through tools/testing/x86-run (not part of check; untested)
+#   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (not part of check yet)
+#   make e2e-smp    the E2E_SMP scenarios through tools/testing/x86-run (not part of check yet)
 #
 # Kernel outputs live in a cache outside the clone (QCOW2DEDUP_CACHE).
 
