@@ -6,12 +6,13 @@
 #                   and the userspace tool tools/qcow2dedup/qcow2dedup
 #   make install    install the module, the tool and its man page (DESTDIR=...)
 #   make deps       install (apt) everything the build, tests and demo need
-#   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke
+#   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke,
+#                   KUnit and e2e-smp in the SMP x86_64 kernel
 #   make demo       the main job on a generated image, in UML
 #   make bench      dedup throughput and index memory (not part of check)
 #   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
-#   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (not part of check yet)
-#   make e2e-smp    the E2E_SMP scenarios through tools/testing/x86-run (not part of check yet)
+#   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (2 vCPUs)
+#   make e2e-smp    the E2E_SMP scenarios in that kernel through tools/testing/x86-run
 #
 # Kernel outputs live in a cache outside the clone (QCOW2DEDUP_CACHE).
 
@@ -30,17 +31,23 @@ X86CFG    := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/x86/x86.config
 # As tools/testing/x86-run: KVM when usable, else TCG with a thread per vCPU.
 X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,thread=multi)
-# The scenarios make e2e-smp runs (a run-all pattern); see
-# tools/testing/x86/NOTES.md for the others.
-E2E_SMP   ?= /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|54-smp-stress)\.sh$$
+# The scenarios make e2e-smp (and so make check) runs, a run-all pattern:
+# 54-smp-stress runs every concurrent path at once (writers and readers of
+# identical and different data, discards, write-zeroes, suspend/resume/
+# reload, flush and rebuild messages, power cuts); 59-read-runs reads rows
+# of clusters while their mappings change.  E2E_SMP_MORE: other
+# scenarios with concurrency, not in check (each boots the kernel several
+# times under TCG; results in tools/testing/x86/NOTES.md).
+E2E_SMP   ?= /(54-smp-stress|59-read-runs)\.sh$$
+E2E_SMP_MORE := /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
 
 .PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench fuzz \
-	x86 kunit-x86 e2e-smp install install-tool clean help
+	x86 kunit-x86 e2e-smp print-e2e-smp install install-tool clean help
 
 all: module tool
 
 help:
-	@sed -n '3,16s/^# \{0,1\}//p' Makefile
+	@sed -n '3,17s/^# \{0,1\}//p' Makefile
 
 module: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m W=1 modules
@@ -66,8 +73,8 @@ e2e: uml
 	tools/testing/e2e/run-all
 
 # The SMP x86_64 debug kernel (tools/testing/x86/x86.config: 2 vCPUs,
-# PREEMPT, lockdep, KASAN, kmemleak) in $(X86_BUILD).  Not part of check:
-# none of this has been built or booted yet (tools/testing/x86/NOTES.md).
+# PREEMPT, lockdep, KASAN, kmemleak) in $(X86_BUILD); see
+# tools/testing/x86/NOTES.md.
 x86:
 	tools/testing/x86-build
 
@@ -79,8 +86,13 @@ kunit-x86: x86
 		--qemu_args='-smp 2' --qemu_args='-accel $(X86_ACCEL)'
 
 # Logs in $(QCOW2DEDUP_CACHE)/e2e-smp, apart from make e2e's.
+# make e2e-smp E2E_SMP='$(E2E_SMP_MORE)' runs the others.
 e2e-smp: x86
 	RUNNER=x86-run E2E_LOGS=$(QCOW2DEDUP_CACHE)/e2e-smp tools/testing/e2e/run-all '$(E2E_SMP)'
+
+# For tools/testing/check, which runs e2e-smp without its build step.
+print-e2e-smp:
+	@echo '$(E2E_SMP)'
 
 smoke: module
 	tools/testing/smoke/check-read $(MODDIR)/drivers/md/dm-qcow2dedup/dm-qcow2dedup.ko

@@ -7,12 +7,16 @@
  * modes and status.  The qcow2 metadata lives behind qcow2-metadata.h and
  * the on-disk encoding in qcow2-format.c.
  *
- * I/O path.  dm splits every read and write at cluster boundaries
- * (max_io_len), so such a bio touches one guest cluster.  map() never
- * blocks: it looks the cluster up in cached metadata; unallocated and zero
- * clusters complete with zeros, standard clusters are remapped to the
- * device, and writes to a cluster whose refcount is one (COPIED) go there
- * in place.  Everything else goes to the deferred list of the single
+ * I/O path.  map() never blocks: it looks the first guest cluster of a bio
+ * up in cached metadata.  A read of standard clusters whose data lies in a
+ * row on the device is remapped there whole (as far as the row goes);
+ * every other read or write is cut at the end of its first cluster with
+ * dm_accept_partial_bio() (dm core maps the rest as a bio of its own), so
+ * that from there on a bio touches one guest cluster.  Unallocated and zero
+ * clusters complete with zeros, and writes to a cluster whose refcount is
+ * one (COPIED) go there in place.  No max_io_len: it would also set the
+ * queue's chunk_sectors, and the block layer would cut every read at
+ * every cluster before it reaches map().  Everything else goes to the deferred list of the single
  * worker: cache misses, compressed clusters, writes that allocate or copy a
  * cluster, discards, write-zeroes and flushes.
  *
@@ -241,8 +245,34 @@ void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
 }
 
 /*
+ * In map(): keep the part of @bio in its first guest cluster, or in its
+ * first @clusters clusters; dm core maps the rest as a new bio.
+ */
+static void accept_clusters(struct qcow2dedup *q, struct bio *bio,
+			    unsigned int clusters)
+{
+	u64 in = ((u64)clusters << q->geo->cluster_bits) -
+		 qcow2_offset_in_cluster(q->geo, guest_offset(q, bio));
+
+	if (bio->bi_iter.bi_size > in)
+		dm_accept_partial_bio(bio, in >> SECTOR_SHIFT);
+}
+
+/* Guest clusters @bio touches. */
+static unsigned int bio_clusters(struct qcow2dedup *q, struct bio *bio)
+{
+	u64 off = guest_offset(q, bio);
+	u64 end = off + bio->bi_iter.bi_size;
+
+	return (round_up(end, q->geo->cluster_size) -
+		round_down(off, q->geo->cluster_size)) >> q->geo->cluster_bits;
+}
+
+/*
  * Map a read.  With !@may_block (map()), only cached metadata is used and
- * work needing I/O is deferred.  Returns a DM_MAPIO_* code.
+ * work needing I/O is deferred; the bio is cut to the host run of its first
+ * cluster, or to that cluster.  The worker gets bios map() has cut.
+ * Returns a DM_MAPIO_* code.
  */
 static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 {
@@ -255,10 +285,20 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	idx = io_hold(q);
 	r = qcow2_md_lookup(q->md, off, may_block, &type, &info, &pending);
 	if (!r && type == QCOW2_CLUSTER_NORMAL) {
+		if (!may_block && bio_clusters(q, bio) > 1) {
+			unsigned int run = qcow2_md_normal_run(q->md, off, info.host_offset,
+							       bio_clusters(q, bio));
+
+			if (run > 1)
+				atomic64_inc(&q->read_runs);
+			accept_clusters(q, bio, run);
+		}
 		remap_held(q, bio, info.host_offset + qcow2_offset_in_cluster(q->geo, off), idx);
 		return DM_MAPIO_REMAPPED;
 	}
 	io_unhold(q, idx);
+	if (!may_block)
+		accept_clusters(q, bio, 1);
 
 	if (r == -EWOULDBLOCK) {
 		atomic64_inc(&q->reads_deferred);
@@ -1223,6 +1263,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 			    q->writable ? qcow2dedup_mode_names[mode] : "read-only");
 		return DM_MAPIO_KILL;
 	}
+	accept_clusters(q, bio, 1);
 	/* Fast path: in place into a cluster whose refcount is one. */
 	idx = io_hold(q);
 	if (READ_ONCE(q->autoclear_done) &&
@@ -1786,11 +1827,6 @@ static int qcow2dedup_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	q = c->q;
 
-	r = dm_set_target_max_io_len(ti, q->cluster_size >> SECTOR_SHIFT);
-	if (r) {
-		ti->error = "Cannot set the cluster size as maximum I/O length";
-		goto bad;
-	}
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
 	ti->per_io_data_size = sizeof(struct qcow2_bio);

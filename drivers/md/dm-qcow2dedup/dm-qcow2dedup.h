@@ -239,6 +239,8 @@ struct qcow2dedup {
 	atomic64_t verify_mismatches;
 	atomic64_t mem_waits;
 	atomic64_t reads_deferred;
+	/* Reads map() sent to the device as one bio of several clusters. */
+	atomic64_t read_runs;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
 	atomic64_t cow_copies;

@@ -383,6 +383,41 @@ enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
 EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_l2_entry);
 
 /**
+ * qcow2_l2_normal_run() - how many L2 entries in a row map standard
+ *	clusters that lie one after the other on the host.
+ * @g: geometry.
+ * @l2: big-endian L2 entries, as in a metadata buffer (any alignment).
+ * @n: entries at @l2.
+ * @host_offset: where the data of the entry at @l2 must lie.
+ *
+ * A read of several guest clusters goes to the device as one bio when
+ * their data is contiguous there; every entry is decoded with all the
+ * checks of qcow2_decode_l2_entry(), so a run never covers an entry the
+ * single-cluster path would refuse.
+ *
+ * Context: any; pure function.
+ * Return: the entries, from the first, whose data is at @host_offset plus
+ * their index in clusters (0 to @n).
+ */
+unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
+				 const void *l2, unsigned int n,
+				 u64 host_offset)
+{
+	struct qcow2_l2e_info info;
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		u64 l2e = get_unaligned_be64(l2 + (size_t)i * sizeof(u64));
+
+		if (qcow2_decode_l2_entry(g, l2e, &info) != QCOW2_CLUSTER_NORMAL ||
+		    info.host_offset != host_offset + ((u64)i << g->cluster_bits))
+			break;
+	}
+	return i;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_l2_normal_run);
+
+/**
  * qcow2_encode_l2_entry() - the L2 entry for a standard or zero cluster.
  * @type: QCOW2_CLUSTER_NORMAL, ZERO_PLAIN, ZERO_ALLOC or UNALLOCATED.
  * @host_offset: cluster-aligned host offset (0 for ZERO_PLAIN/UNALLOCATED).

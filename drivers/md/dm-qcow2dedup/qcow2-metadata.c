@@ -615,6 +615,66 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 }
 
 /**
+ * qcow2_md_normal_run() - how many guest clusters from a standard one have
+ *	their data right after its data on the host, in cached metadata.
+ * @md: metadata.
+ * @guest_off: a guest offset qcow2_md_lookup() found standard.
+ * @host_offset: the host offset of its cluster, as that lookup found it.
+ * @max_clusters: clusters the caller wants, >= 1.
+ *
+ * Lets map() send a read of several clusters to the device as one bio.
+ * The run covers only clusters without a staged entry, with an L2 entry
+ * in the same cached metadata block as the next cluster's, that
+ * qcow2_md_lookup() would call standard at the next host cluster and that
+ * is no metadata cluster.  Staged entries are looked for before the L2
+ * block is read, in qcow2_md_lookup()'s order: an entry applied meanwhile
+ * is seen in the block.
+ *
+ * Context: any, never blocks (map()).
+ * Return: clusters from @guest_off's, 1 to @max_clusters.
+ */
+unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
+				 u64 host_offset, unsigned int max_clusters)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 next = guest_off + g->cluster_size;
+	u64 gc = guest_cluster(md, guest_off), hc, l2_off, pos;
+	unsigned long idx = gc + 1;
+	unsigned int n, run;
+	struct dm_buffer *b;
+	void *data;
+
+	if (max_clusters <= 1 || next >= g->size || qcow2_l1_index(g, next) >= g->l1_size)
+		return 1;
+	/* Up to the end of the guest disk and of the next cluster's L2 block. */
+	n = min_t(u64, max_clusters - 1, (g->size - next) >> g->cluster_bits);
+	l2_off = READ_ONCE(md->l1[qcow2_l1_index(g, next)]) & QCOW2_L1E_OFFSET_MASK;
+	if (!l2_off)
+		return 1;
+	pos = l2_off + (u64)qcow2_l2_index(g, next) * sizeof(u64);
+	n = min_t(u64, n, (BIT_ULL(md->block_bits) - (pos & (BIT_ULL(md->block_bits) - 1))) /
+		  sizeof(u64));
+	if (xa_find(&md->pending, &idx, gc + n, XA_PRESENT))
+		n = idx - gc - 1;
+	if (!n)
+		return 1;
+	/* Pairs with the write barrier in apply_pending(). */
+	smp_rmb();
+	data = dm_bufio_get(md->bufio, pos >> md->block_bits, &b);
+	if (IS_ERR_OR_NULL(data))
+		return 1;
+	run = qcow2_l2_normal_run(g, data + (pos & (BIT_ULL(md->block_bits) - 1)), n,
+				  host_offset + g->cluster_size);
+	dm_bufio_release(b);
+	hc = (host_offset >> g->cluster_bits) + 1;
+	idx = hc;
+	if (run && !xa_empty(&md->meta) &&
+	    xa_find(&md->meta, &idx, hc + run - 1, XA_PRESENT))
+		run = idx - hc;
+	return 1 + run;
+}
+
+/**
  * qcow2_md_clear_autoclear() - before the first write, clear the autoclear
  *	feature bits: this writer maintains none of the structures they vouch
  *	for (persistent bitmaps), as the qcow2 specification requires.

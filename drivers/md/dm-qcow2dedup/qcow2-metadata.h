@@ -34,6 +34,8 @@ const struct qcow2_geometry *qcow2_md_geometry(struct qcow2_metadata *md);
 int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 		    enum qcow2_cluster_type *type,
 		    struct qcow2_l2e_info *info, bool *pending);
+unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
+				 u64 host_offset, unsigned int max_clusters);
 int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 			size_t len);
 

@@ -540,6 +540,7 @@ EOF
 	else
 		after=-1
 		when="before the workload started"
+		start_delay=$(later_start "$start_delay" "$cut_at")
 	fi
 	if [ "$rc" -ne 137 ]; then
 		cat "out.$round"

@@ -374,7 +374,7 @@ EOF
 		during=$((during + 1))
 	else
 		# A loaded host boots slowly: aim later next time.
-		start_delay=$(python3 -c 'import sys; print("%.2f" % min(20.0, float(sys.argv[1]) + 1.0))' "$start_delay")
+		start_delay=$(later_start "$start_delay" "$cut_at")
 	fi
 	summary=()
 	for img in A B; do

@@ -151,6 +151,15 @@ PY
 
 # The userspace tool, built on demand.
 TOOL=$REPO/tools/qcow2dedup/qcow2dedup
+# later_start DELAY CUT_AT: the crash scenarios' next estimate of the time
+# from the runner's start to the workload's, after a cut at CUT_AT seconds
+# found no workload started.  The boot took longer than CUT_AT (a loaded
+# host boots slowly): aim past it at once, not one second later per miss,
+# or every round of a busy CI machine cuts before the workload (30 s cap).
+later_start() {
+	python3 -c 'import sys; print("%.2f" % min(30.0, max(float(sys.argv[1]) + 1.0, float(sys.argv[2]) + 0.5)))' "$1" "$2"
+}
+
 need_tool() {
 	[ -x "$TOOL" ] || make -s -C "$REPO" tool >/dev/null || fail "cannot build the qcow2dedup tool"
 }

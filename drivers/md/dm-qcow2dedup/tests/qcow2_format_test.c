@@ -462,6 +462,53 @@ static void compressed_descriptors(struct kunit *test)
 			QCOW2_CLUSTER_INVALID);
 }
 
+/*
+ * Host runs for one remap of a multi-cluster read: only standard entries,
+ * each exactly one cluster after the one before, every decode check held;
+ * the entries sit at an odd address, as they may in a metadata buffer.
+ */
+static void l2_normal_runs(struct kunit *test)
+{
+	struct qcow2_geometry g;
+	u8 buf[8 * sizeof(u64) + 1];
+	u8 *l2 = buf + 1;
+	int i;
+
+	geometry(test, &g, CB, DEV_SIZE);
+	for (i = 0; i < 8; i++)
+		put_unaligned_be64((3 + i) * CS | (i & 1 ? QCOW2_OFLAG_COPIED : 0),
+				   l2 + i * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 5, 3 * CS), 5);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 0, 3 * CS), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2 + 8, 7, 4 * CS), 7);
+	/* The first entry is not where the run must continue. */
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 2 * CS), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 4 * CS), 0);
+	/* A gap, a step back, the same cluster twice (a shared one). */
+	put_unaligned_be64(9 * CS, l2 + 3 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 3);
+	put_unaligned_be64(5 * CS, l2 + 3 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 3);
+	put_unaligned_be64(6 * CS, l2 + 3 * sizeof(u64));
+	/* Zero (allocated or not), unallocated, compressed, reserved bits. */
+	put_unaligned_be64(7 * CS | QCOW2_OFLAG_ZERO, l2 + 4 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	put_unaligned_be64(0, l2 + 4 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	put_unaligned_be64(compressed_l2e(CB, 7 * CS, 512), l2 + 4 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	put_unaligned_be64(7 * CS | 2, l2 + 4 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	put_unaligned_be64(7 * CS, l2 + 4 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
+	/* A run ends where the device does: the last cluster is cut short. */
+	g.dev_size = 11 * CS - 512;
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 7);
+	g.dev_size = 11 * CS;
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
+}
+
 static void address_arithmetic(struct kunit *test)
 {
 	struct qcow2_geometry g;
@@ -529,6 +576,7 @@ static struct kunit_case qcow2_format_cases[] = {
 	KUNIT_CASE(l1_entries),
 	KUNIT_CASE(l2_entries),
 	KUNIT_CASE(compressed_descriptors),
+	KUNIT_CASE(l2_normal_runs),
 	KUNIT_CASE(address_arithmetic),
 	KUNIT_CASE(l1_size_bound),
 	{}
