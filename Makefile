@@ -9,7 +9,7 @@
 #   make check      static checks, module build, KUnit, e2e in UML, stock-kernel smoke,
 #                   KUnit and e2e-smp in the SMP x86_64 kernel
 #   make demo       the main job on a generated image, in UML
-#   make bench      dedup throughput and index memory (not part of check)
+#   make bench      fio table vs dm-linear/dm-thin/qemu-nbd/dm-vdo, hash bound (not part of check)
 #   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
 #   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (2 vCPUs)
 #   make e2e-smp    the E2E_SMP scenarios in that kernel through tools/testing/x86-run
@@ -26,6 +26,9 @@ UML_BUILD := $(QCOW2DEDUP_CACHE)/build-uml
 KUNITCFG  := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/uml/uml.config
 JOBS      ?= $(shell nproc)
+# Cases marked very slow are measurements (the hash bound of make bench),
+# not tests; slow ones (fuzz_slow) run.
+KUNIT_FILTER := --filter "speed>very_slow"
 X86_BUILD := $(QCOW2DEDUP_CACHE)/build-x86
 X86CFG    := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/x86/x86.config
@@ -41,7 +44,7 @@ X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,
 E2E_SMP   ?= /(54-smp-stress|59-read-runs)\.sh$$
 E2E_SMP_MORE := /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
 
-.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench fuzz \
+.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench bench-dd fuzz \
 	x86 kunit-x86 e2e-smp print-e2e-smp install install-tool clean help
 
 all: module tool
@@ -67,7 +70,7 @@ uml:
 
 kunit: uml
 	cd "$$(tools/testing/kernel-tree)" && python3 tools/testing/kunit/kunit.py run \
-		--build_dir=$(UML_BUILD) $(KUNITCFG) --jobs=$(JOBS)
+		--build_dir=$(UML_BUILD) $(KUNITCFG) --jobs=$(JOBS) $(KUNIT_FILTER)
 
 e2e: uml
 	tools/testing/e2e/run-all
@@ -82,7 +85,7 @@ x86:
 kunit-x86: x86
 	@command -v qemu-system-x86_64 >/dev/null || { echo "kunit-x86 needs qemu-system-x86_64: apt-get install -y qemu-system-x86"; exit 1; }
 	cd "$$(tools/testing/kernel-tree)" && python3 tools/testing/kunit/kunit.py run --arch=x86_64 \
-		--build_dir=$(X86_BUILD) $(X86CFG) --jobs=$(JOBS) --timeout=3600 \
+		--build_dir=$(X86_BUILD) $(X86CFG) --jobs=$(JOBS) --timeout=3600 $(KUNIT_FILTER) \
 		--qemu_args='-smp 2' --qemu_args='-accel $(X86_ACCEL)'
 
 # Logs in $(QCOW2DEDUP_CACHE)/e2e-smp, apart from make e2e's.
@@ -118,11 +121,18 @@ check:
 demo:
 	tools/demo
 
-# Throughput with and without dedup against dm-linear, in a UML kernel
-# without debugging options (built on first use).  Prints numbers only.
+# The benchmark table against dm-linear, dm-thin, qemu-nbd and (with
+# vdoformat on PATH) dm-vdo, fio workloads at 4 KiB and 64 KiB clusters,
+# the in-kernel hash bound (tools/testing/bench/suite; BENCH_ARGS passes
+# options), then the dedup table's costs; in a UML kernel without debugging
+# options (built on first use).  Prints numbers only.
 bench: deps
-	tools/testing/bench/dedup-bench
+	tools/testing/bench/suite $(BENCH_ARGS)
 	tools/testing/bench/table-bench
+
+# The older dd-only comparison (64 KiB clusters, dm-linear and the hashes).
+bench-dd: deps
+	tools/testing/bench/dedup-bench
 
 # Mutation campaign against the target in UML: FUZZ_N images (10000) made
 # from seed images by tools/testing/fuzz/qfuzz.py, FUZZ_SEED (random, printed),
