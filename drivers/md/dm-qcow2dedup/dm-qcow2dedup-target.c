@@ -9,8 +9,9 @@
  *
  * I/O path.  map() never blocks: it looks the first guest cluster of a bio
  * up in cached metadata.  A read of standard clusters whose data lies in a
- * row on the device is remapped there whole (as far as the row goes);
- * every other read or write is cut at the end of its first cluster with
+ * row on the device is remapped there whole (as far as the row goes), and
+ * so is a write in place under nodedup (clusters with COPIED set); every
+ * other read or write is cut at the end of its first cluster with
  * dm_accept_partial_bio() (dm core maps the rest as a bio of its own), so
  * that from there on a bio touches one guest cluster.  Unallocated and zero
  * clusters complete with zeros, and writes to a cluster whose refcount is
@@ -287,7 +288,7 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	if (!r && type == QCOW2_CLUSTER_NORMAL) {
 		if (!may_block && bio_clusters(q, bio) > 1) {
 			unsigned int run = qcow2_md_normal_run(q->md, off, info.host_offset,
-							       bio_clusters(q, bio));
+							       bio_clusters(q, bio), false);
 
 			if (run > 1)
 				atomic64_inc(&q->read_runs);
@@ -1263,7 +1264,9 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 			    q->writable ? qcow2dedup_mode_names[mode] : "read-only");
 		return DM_MAPIO_KILL;
 	}
-	accept_clusters(q, bio, 1);
+	/* With dedup, a write in place is decided on its own cluster. */
+	if (q->dedup)
+		accept_clusters(q, bio, 1);
 	/* Fast path: in place into a cluster whose refcount is one. */
 	idx = io_hold(q);
 	if (READ_ONCE(q->autoclear_done) &&
@@ -1271,11 +1274,25 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	    type == QCOW2_CLUSTER_NORMAL && info.copied &&
 	    !(pending && (bio->bi_opf & REQ_FUA)) &&
 	    may_write_in_place(q, bio, info.host_offset)) {
+		/*
+		 * nodedup: the clusters after it in a row on the device with
+		 * COPIED set, nothing staged, go in place in the same bio.
+		 */
+		if (!q->dedup && bio_clusters(q, bio) > 1) {
+			unsigned int run = qcow2_md_normal_run(q->md, guest_offset(q, bio),
+							       info.host_offset,
+							       bio_clusters(q, bio), true);
+
+			if (run > 1)
+				atomic64_inc(&q->write_runs);
+			accept_clusters(q, bio, run);
+		}
 		remap_held(q, bio, info.host_offset +
 			   qcow2_offset_in_cluster(q->geo, guest_offset(q, bio)), idx);
 		return DM_MAPIO_REMAPPED;
 	}
 	io_unhold(q, idx);
+	accept_clusters(q, bio, 1);
 	defer_bio(q, bio);
 	return DM_MAPIO_SUBMITTED;
 }

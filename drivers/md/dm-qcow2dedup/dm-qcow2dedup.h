@@ -239,8 +239,12 @@ struct qcow2dedup {
 	atomic64_t verify_mismatches;
 	atomic64_t mem_waits;
 	atomic64_t reads_deferred;
-	/* Reads map() sent to the device as one bio of several clusters. */
+	/*
+	 * Reads, and nodedup writes in place, that map() sent to the device
+	 * as one bio of several clusters.
+	 */
 	atomic64_t read_runs;
+	atomic64_t write_runs;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
 	atomic64_t cow_copies;

@@ -389,11 +389,13 @@ EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_l2_entry);
  * @l2: big-endian L2 entries, as in a metadata buffer (any alignment).
  * @n: entries at @l2.
  * @host_offset: where the data of the entry at @l2 must lie.
+ * @copied: count only entries with COPIED set (refcount one: a write may
+ *	go there in place).
  *
- * A read of several guest clusters goes to the device as one bio when
- * their data is contiguous there; every entry is decoded with all the
- * checks of qcow2_decode_l2_entry(), so a run never covers an entry the
- * single-cluster path would refuse.
+ * A read (or, with @copied, a write in place) of several guest clusters
+ * goes to the device as one bio when their data is contiguous there; every
+ * entry is decoded with all the checks of qcow2_decode_l2_entry(), so a
+ * run never covers an entry the single-cluster path would refuse.
  *
  * Context: any; pure function.
  * Return: the entries, from the first, whose data is at @host_offset plus
@@ -401,7 +403,7 @@ EXPORT_SYMBOL_IF_KUNIT(qcow2_decode_l2_entry);
  */
 unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
 				 const void *l2, unsigned int n,
-				 u64 host_offset)
+				 u64 host_offset, bool copied)
 {
 	struct qcow2_l2e_info info;
 	unsigned int i;
@@ -410,7 +412,8 @@ unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
 		u64 l2e = get_unaligned_be64(l2 + (size_t)i * sizeof(u64));
 
 		if (qcow2_decode_l2_entry(g, l2e, &info) != QCOW2_CLUSTER_NORMAL ||
-		    info.host_offset != host_offset + ((u64)i << g->cluster_bits))
+		    info.host_offset != host_offset + ((u64)i << g->cluster_bits) ||
+		    (copied && !info.copied))
 			break;
 	}
 	return i;

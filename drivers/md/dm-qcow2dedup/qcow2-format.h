@@ -124,7 +124,7 @@ enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
 					      struct qcow2_l2e_info *info);
 unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
 				 const void *l2, unsigned int n,
-				 u64 host_offset);
+				 u64 host_offset, bool copied);
 
 /* Guest address arithmetic; @guest_off < g->size is the caller's duty. */
 static inline u64 qcow2_offset_in_cluster(const struct qcow2_geometry *g,

@@ -621,8 +621,10 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
  * @guest_off: a guest offset qcow2_md_lookup() found standard.
  * @host_offset: the host offset of its cluster, as that lookup found it.
  * @max_clusters: clusters the caller wants, >= 1.
+ * @copied: only clusters with COPIED set (for a write in place).
  *
- * Lets map() send a read of several clusters to the device as one bio.
+ * Lets map() send a read, or a write in place, of several clusters to the
+ * device as one bio.
  * The run covers only clusters without a staged entry, with an L2 entry
  * in the same cached metadata block as the next cluster's, that
  * qcow2_md_lookup() would call standard at the next host cluster and that
@@ -634,7 +636,8 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
  * Return: clusters from @guest_off's, 1 to @max_clusters.
  */
 unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
-				 u64 host_offset, unsigned int max_clusters)
+				 u64 host_offset, unsigned int max_clusters,
+				 bool copied)
 {
 	const struct qcow2_geometry *g = &md->geo;
 	u64 next = guest_off + g->cluster_size;
@@ -664,7 +667,7 @@ unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
 	if (IS_ERR_OR_NULL(data))
 		return 1;
 	run = qcow2_l2_normal_run(g, data + (pos & (BIT_ULL(md->block_bits) - 1)), n,
-				  host_offset + g->cluster_size);
+				  host_offset + g->cluster_size, copied);
 	dm_bufio_release(b);
 	hc = (host_offset >> g->cluster_bits) + 1;
 	idx = hc;

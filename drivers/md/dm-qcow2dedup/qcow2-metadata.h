@@ -35,7 +35,8 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 		    enum qcow2_cluster_type *type,
 		    struct qcow2_l2e_info *info, bool *pending);
 unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
-				 u64 host_offset, unsigned int max_clusters);
+				 u64 host_offset, unsigned int max_clusters,
+				 bool copied);
 int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 			size_t len);
 

@@ -69,7 +69,7 @@ static void hash_bound(struct kunit *test)
 				cond_resched();
 				ns = ktime_get_ns() - t0;
 			} while (ns < BOUND_NS);
-			kunit_info(test, "hash_bound %s %u %llu MB/s\n", bound_hashes[h], cs,
+			kunit_info(test, "hash bound: %s %u %llu MB/s\n", bound_hashes[h], cs,
 				   div64_u64(bytes * 1000, ns));
 		}
 		crypto_free_shash(tfm);

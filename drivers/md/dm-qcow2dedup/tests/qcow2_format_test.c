@@ -478,35 +478,44 @@ static void l2_normal_runs(struct kunit *test)
 	for (i = 0; i < 8; i++)
 		put_unaligned_be64((3 + i) * CS | (i & 1 ? QCOW2_OFLAG_COPIED : 0),
 				   l2 + i * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 5, 3 * CS), 5);
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 0, 3 * CS), 0);
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2 + 8, 7, 4 * CS), 7);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 5, 3 * CS, false), 5);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 0, 3 * CS, false), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2 + 8, 7, 4 * CS, false), 7);
 	/* The first entry is not where the run must continue. */
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 2 * CS), 0);
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 4 * CS), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 2 * CS, false), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 4 * CS, false), 0);
 	/* A gap, a step back, the same cluster twice (a shared one). */
 	put_unaligned_be64(9 * CS, l2 + 3 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 3);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 3);
 	put_unaligned_be64(5 * CS, l2 + 3 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 3);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 3);
 	put_unaligned_be64(6 * CS, l2 + 3 * sizeof(u64));
 	/* Zero (allocated or not), unallocated, compressed, reserved bits. */
 	put_unaligned_be64(7 * CS | QCOW2_OFLAG_ZERO, l2 + 4 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 4);
 	put_unaligned_be64(0, l2 + 4 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 4);
 	put_unaligned_be64(compressed_l2e(CB, 7 * CS, 512), l2 + 4 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 4);
 	put_unaligned_be64(7 * CS | 2, l2 + 4 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 4);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 4);
 	put_unaligned_be64(7 * CS, l2 + 4 * sizeof(u64));
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 8);
 	/* A run ends where the device does: the last cluster is cut short. */
 	g.dev_size = 11 * CS - 512;
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 7);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 7);
 	g.dev_size = 11 * CS;
-	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 8);
+	/* For a write in place: COPIED on every entry of the run. */
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, true), 0);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2 + 8, 7, 4 * CS, true), 1);
+	for (i = 0; i < 8; i++)
+		put_unaligned_be64((3 + i) * CS | QCOW2_OFLAG_COPIED, l2 + i * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, true), 8);
+	put_unaligned_be64(9 * CS, l2 + 6 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, true), 6);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 8);
 }
 
 static void address_arithmetic(struct kunit *test)
