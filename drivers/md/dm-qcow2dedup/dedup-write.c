@@ -713,6 +713,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
+	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));
+	DMEMIT("reads_deferred %lld\n", (long long)atomic64_read(&q->reads_deferred));
 	DMEMIT("write_runs %lld\n", (long long)atomic64_read(&q->write_runs));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
 	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));

@@ -270,48 +270,58 @@ static unsigned int bio_clusters(struct qcow2dedup *q, struct bio *bio)
 }
 
 /*
- * Map a read.  With !@may_block (map()), only cached metadata is used and
- * work needing I/O is deferred; the bio is cut to the host run of its first
- * cluster, or to that cluster.  The worker gets bios map() has cut.
- * Returns a DM_MAPIO_* code.
+ * Look up the first guest cluster of read @bio and how many of its clusters
+ * one piece can serve: a row of standard clusters on the host, or a run of
+ * clusters that read as zeros; one cluster otherwise.  With !@may_block
+ * (map()) only cached metadata is used: -EWOULDBLOCK if the first cluster's
+ * L2 block is not cached.
  */
-static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
+static int read_lookup(struct qcow2dedup *q, struct bio *bio, bool may_block,
+		       enum qcow2_cluster_type *type, struct qcow2_l2e_info *info,
+		       unsigned int *clusters)
 {
 	u64 off = guest_offset(q, bio);
-	struct qcow2_l2e_info info;
-	enum qcow2_cluster_type type;
+	unsigned int want = bio_clusters(q, bio);
 	bool pending;
-	int idx, r;
+	int r;
 
-	idx = io_hold(q);
-	r = qcow2_md_lookup(q->md, off, may_block, &type, &info, &pending);
-	if (!r && type == QCOW2_CLUSTER_NORMAL) {
-		if (!may_block && bio_clusters(q, bio) > 1) {
-			unsigned int run = qcow2_md_normal_run(q->md, off, info.host_offset,
-							       bio_clusters(q, bio), false);
+	*clusters = 1;
+	r = qcow2_md_lookup(q->md, off, may_block, type, info, &pending);
+	if (r || want == 1)
+		return r;
+	switch (*type) {
+	case QCOW2_CLUSTER_NORMAL:
+		*clusters = qcow2_md_normal_run(q->md, off, info->host_offset, want, false);
+		if (*clusters > 1)
+			atomic64_inc(&q->read_runs);
+		break;
+	case QCOW2_CLUSTER_UNALLOCATED:
+	case QCOW2_CLUSTER_ZERO_PLAIN:
+	case QCOW2_CLUSTER_ZERO_ALLOC:
+		*clusters = qcow2_md_zero_run(q->md, off, want);
+		if (*clusters > 1)
+			atomic64_inc(&q->zero_runs);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
 
-			if (run > 1)
-				atomic64_inc(&q->read_runs);
-			accept_clusters(q, bio, run);
-		}
-		remap_held(q, bio, info.host_offset + qcow2_offset_in_cluster(q->geo, off), idx);
-		return DM_MAPIO_REMAPPED;
-	}
-	io_unhold(q, idx);
-	if (!may_block)
-		accept_clusters(q, bio, 1);
-
-	if (r == -EWOULDBLOCK) {
-		atomic64_inc(&q->reads_deferred);
-		defer_bio(q, bio);
-		return DM_MAPIO_SUBMITTED;
-	}
-	if (r) {
-		DMERR_LIMIT("%s: metadata read failed for guest offset %llu: %d",
-			    qcow2dedup_dev_name(q), off, r);
-		return DM_MAPIO_KILL;
-	}
+/*
+ * Serve read @bio, which covers only what read_lookup() found (@type,
+ * @info), from guest offset @off.  Compressed clusters only in the worker.
+ * Returns a DM_MAPIO_* code: REMAPPED is for the caller to submit.
+ */
+static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
+		      enum qcow2_cluster_type type, const struct qcow2_l2e_info *info)
+{
 	switch (type) {
+	case QCOW2_CLUSTER_NORMAL:
+		bio_set_dev(bio, q->bdev);
+		bio->bi_iter.bi_sector = (info->host_offset +
+					  qcow2_offset_in_cluster(q->geo, off)) >> SECTOR_SHIFT;
+		return DM_MAPIO_REMAPPED;
 	case QCOW2_CLUSTER_UNALLOCATED:
 	case QCOW2_CLUSTER_ZERO_PLAIN:
 	case QCOW2_CLUSTER_ZERO_ALLOC:
@@ -319,13 +329,8 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	case QCOW2_CLUSTER_COMPRESSED:
-		if (!may_block) {
-			atomic64_inc(&q->reads_deferred);
-			defer_bio(q, bio);
-			return DM_MAPIO_SUBMITTED;
-		}
 		atomic64_inc(&q->reads_compressed);
-		if (load_compressed(q, &info))
+		if (load_compressed(q, info))
 			return DM_MAPIO_KILL;
 		copy_to_bio(q, bio, q->dbuf);
 		bio_endio(bio);
@@ -337,6 +342,48 @@ static int map_read(struct qcow2dedup *q, struct bio *bio, bool may_block)
 	}
 }
 
+/*
+ * map() a read: cut it to what one piece serves (read_lookup()) and serve
+ * that, or defer it to the worker: a compressed cluster alone, a cache miss
+ * with the clusters whose L2 entries are in the same block (the worker
+ * reads it once for them all, then read_deferred() splits).
+ */
+static int map_read(struct qcow2dedup *q, struct bio *bio)
+{
+	u64 off = guest_offset(q, bio);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	unsigned int clusters;
+	int idx, r;
+
+	idx = io_hold(q);
+	r = read_lookup(q, bio, false, &type, &info, &clusters);
+	if (r == -EWOULDBLOCK || (!r && type == QCOW2_CLUSTER_COMPRESSED)) {
+		io_unhold(q, idx);
+		accept_clusters(q, bio, r ? min(bio_clusters(q, bio),
+						qcow2_md_l2_block_clusters(q->md, off)) : 1);
+		atomic64_inc(&q->reads_deferred);
+		defer_bio(q, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	if (r) {
+		io_unhold(q, idx);
+		DMERR_LIMIT("%s: metadata read failed for guest offset %llu: %d",
+			    qcow2dedup_dev_name(q), off, r);
+		return DM_MAPIO_KILL;
+	}
+	accept_clusters(q, bio, clusters);
+	r = read_piece(q, bio, off, type, &info);
+	if (r == DM_MAPIO_REMAPPED) {
+		/* A reader until end_io: see io_hold(). */
+		pb(bio)->io_idx = idx;
+		pb(bio)->io_held = true;
+	} else {
+		io_unhold(q, idx);
+	}
+	return r;
+}
+
 /* Finish a bio the worker owns according to a DM_MAPIO_* code. */
 static void finish_mapped(struct bio *bio, int r)
 {
@@ -344,6 +391,52 @@ static void finish_mapped(struct bio *bio, int r)
 		dm_submit_bio_remap(bio, NULL);
 	else if (r == DM_MAPIO_KILL)
 		bio_io_error(bio);
+}
+
+/*
+ * The worker's side of a read map() deferred: a compressed cluster, or the
+ * clusters of one L2 block that was not cached.  The lookup of the first
+ * cluster reads the block; each piece read_lookup() finds (a host row, a
+ * zero run, one cluster) is split off, chained to @bio and served; @bio
+ * itself serves the last and ends when all pieces have.  One reader hold
+ * covers them all, released at @bio's end_io: the worker commits nothing
+ * while it maps them.
+ */
+static void read_deferred(struct qcow2dedup *q, struct bio *bio)
+{
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	unsigned int clusters;
+	struct bio *piece;
+	u64 off;
+	int r;
+
+	pb(bio)->io_idx = io_hold(q);
+	pb(bio)->io_held = true;
+	for (;;) {
+		off = guest_offset(q, bio);
+		r = read_lookup(q, bio, true, &type, &info, &clusters);
+		if (r) {
+			DMERR_LIMIT("%s: metadata read failed for guest offset %llu: %d",
+				    qcow2dedup_dev_name(q), off, r);
+			bio_io_error(bio);
+			return;
+		}
+		if (clusters >= bio_clusters(q, bio))
+			break;
+		/* Never fails: GFP_NOIO from a pool, and no zone append. */
+		piece = bio_split(bio, (((u64)clusters << q->geo->cluster_bits) -
+					qcow2_offset_in_cluster(q->geo, off)) >> SECTOR_SHIFT,
+				  GFP_NOIO, &q->split_bs);
+		bio_chain(piece, bio);
+		r = read_piece(q, piece, off, type, &info);
+		if (r == DM_MAPIO_REMAPPED)
+			submit_bio_noacct(piece);
+		else if (r == DM_MAPIO_KILL)
+			bio_io_error(piece);
+		cond_resched();
+	}
+	finish_mapped(bio, read_piece(q, bio, off, type, &info));
 }
 
 /* Operations in flight, by guest cluster: rb_find()/rb_add() helpers. */
@@ -1152,7 +1245,7 @@ static void do_worker(struct work_struct *ws)
 		int r = 0;
 
 		if (bio_op(bio) == REQ_OP_READ) {
-			finish_mapped(bio, map_read(q, bio, true));
+			read_deferred(q, bio);
 		} else if (!bio_list_empty(&held)) {
 			/* Writes stay in their order behind a held one. */
 			bio_list_add(&held, bio);
@@ -1245,7 +1338,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
-		return map_read(q, bio, false);
+		return map_read(q, bio);
 	case REQ_OP_WRITE:
 		break;
 	case REQ_OP_DISCARD:
@@ -1401,6 +1494,7 @@ static void engine_free(struct qcow2dedup *q)
 	if (q->io)
 		dm_io_client_destroy(q->io);
 	bioset_exit(&q->bs);
+	bioset_exit(&q->split_bs);
 	mempool_exit(&q->buf_pool);
 	mempool_exit(&q->op_pool);
 	qcow2_decompressor_destroy(q->dc);
@@ -1520,7 +1614,8 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 		goto bad;
 	}
 	r = -ENOMEM;
-	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS)) {
+	if (bioset_init(&q->bs, 64, 0, BIOSET_NEED_BVECS) ||
+	    bioset_init(&q->split_bs, BIO_POOL_SIZE, 0, 0)) {
 		ti->error = "Cannot allocate bio set";
 		goto bad;
 	}

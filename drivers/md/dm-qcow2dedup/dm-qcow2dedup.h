@@ -182,6 +182,8 @@ struct qcow2dedup {
 	unsigned long io_count[2];
 	wait_queue_head_t io_wait;
 	struct bio_set bs;
+	/* Pieces of deferred reads (read_deferred()): freed at their end_io. */
+	struct bio_set split_bs;
 	struct dm_io_client *io;
 
 	/*
@@ -244,6 +246,7 @@ struct qcow2dedup {
 	 * as one bio of several clusters.
 	 */
 	atomic64_t read_runs;
+	atomic64_t zero_runs;		/* reads of several clusters answered as zeros */
 	atomic64_t write_runs;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;

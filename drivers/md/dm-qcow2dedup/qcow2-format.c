@@ -421,6 +421,42 @@ unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
 EXPORT_SYMBOL_IF_KUNIT(qcow2_l2_normal_run);
 
 /**
+ * qcow2_l2_zero_run() - how many L2 entries in a row read as zeros and
+ *	name no host cluster (unallocated, or zero without a preallocated
+ *	cluster: one with a cluster goes the single-cluster path, which
+ *	refuses a cluster that is metadata).
+ * @g: geometry.
+ * @l2: big-endian L2 entries, as in a metadata buffer (any alignment).
+ * @n: entries at @l2.
+ *
+ * A read of several such guest clusters is answered at once; decoded with
+ * every check of qcow2_decode_l2_entry(), so a corrupt entry ends the run
+ * and gets the single-cluster path's refusal.
+ *
+ * Context: any; pure function.
+ * Return: the entries, from the first, that read as zeros (0 to @n).
+ */
+unsigned int qcow2_l2_zero_run(const struct qcow2_geometry *g,
+			       const void *l2, unsigned int n)
+{
+	struct qcow2_l2e_info info;
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		switch (qcow2_decode_l2_entry(g, get_unaligned_be64(l2 + (size_t)i * sizeof(u64)),
+					      &info)) {
+		case QCOW2_CLUSTER_UNALLOCATED:
+		case QCOW2_CLUSTER_ZERO_PLAIN:
+			continue;
+		default:
+			return i;
+		}
+	}
+	return i;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_l2_zero_run);
+
+/**
  * qcow2_encode_l2_entry() - the L2 entry for a standard or zero cluster.
  * @type: QCOW2_CLUSTER_NORMAL, ZERO_PLAIN, ZERO_ALLOC or UNALLOCATED.
  * @host_offset: cluster-aligned host offset (0 for ZERO_PLAIN/UNALLOCATED).

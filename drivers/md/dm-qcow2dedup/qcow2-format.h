@@ -9,6 +9,7 @@
 
 #include <linux/bits.h>
 #include <linux/limits.h>
+#include <linux/minmax.h>
 #include <linux/types.h>
 #include <qcow2dedup/qcow2.h>
 
@@ -125,6 +126,8 @@ enum qcow2_cluster_type qcow2_decode_l2_entry(const struct qcow2_geometry *g,
 unsigned int qcow2_l2_normal_run(const struct qcow2_geometry *g,
 				 const void *l2, unsigned int n,
 				 u64 host_offset, bool copied);
+unsigned int qcow2_l2_zero_run(const struct qcow2_geometry *g,
+			       const void *l2, unsigned int n);
 
 /* Guest address arithmetic; @guest_off < g->size is the caller's duty. */
 static inline u64 qcow2_offset_in_cluster(const struct qcow2_geometry *g,
@@ -141,6 +144,19 @@ static inline u64 qcow2_l1_index(const struct qcow2_geometry *g, u64 guest_off)
 static inline u32 qcow2_l2_index(const struct qcow2_geometry *g, u64 guest_off)
 {
 	return (guest_off >> g->cluster_bits) & ((1U << g->l2_bits) - 1);
+}
+
+/*
+ * Guest clusters from @guest_off's to the last one whose L2 entry lies in
+ * the same metadata block of 2^@block_bits bytes: one block read maps them
+ * all.  L2 tables are cluster-aligned and a block is at most a cluster.
+ */
+static inline u32 qcow2_l2_block_clusters(const struct qcow2_geometry *g,
+					  u64 guest_off, u32 block_bits)
+{
+	u32 per_block = BIT(min(block_bits, g->cluster_bits)) / sizeof(u64);
+
+	return per_block - (qcow2_l2_index(g, guest_off) & (per_block - 1));
 }
 
 u64 qcow2_l1_entries_needed(u64 size, u32 cluster_bits);

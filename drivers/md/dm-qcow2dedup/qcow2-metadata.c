@@ -614,6 +614,41 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 	return 0;
 }
 
+/*
+ * The clusters after @guest_off's that a run from it may cover: up to
+ * @max_clusters - 1, to the end of the guest disk, before the first staged
+ * entry, and to the end of the next cluster's L2 metadata block (of its
+ * whole L2 table if that is unallocated: *@l2_pos 0).  Sets *@l2_pos to the
+ * byte offset of the next cluster's L2 entry.  In qcow2_md_lookup()'s
+ * order: staged entries first, then the L1 entry and the L2 block, so that
+ * an entry applied meanwhile is seen in the tables.
+ */
+static unsigned int run_window(struct qcow2_metadata *md, u64 guest_off,
+			       unsigned int max_clusters, u64 *l2_pos)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 next = guest_off + g->cluster_size;
+	u64 gc = guest_cluster(md, guest_off), l2_off;
+	unsigned long idx = gc + 1;
+	unsigned int n;
+
+	*l2_pos = 0;
+	if (max_clusters <= 1 || next >= g->size || qcow2_l1_index(g, next) >= g->l1_size)
+		return 0;
+	n = min_t(u64, max_clusters - 1, (g->size - next) >> g->cluster_bits);
+	n = min(n, BIT(g->l2_bits) - qcow2_l2_index(g, next));
+	if (xa_find(&md->pending, &idx, gc + n, XA_PRESENT))
+		n = idx - gc - 1;
+	/* Pairs with the write barrier in apply_pending(). */
+	smp_rmb();
+	l2_off = READ_ONCE(md->l1[qcow2_l1_index(g, next)]) & QCOW2_L1E_OFFSET_MASK;
+	if (l2_off) {
+		*l2_pos = l2_off + (u64)qcow2_l2_index(g, next) * sizeof(u64);
+		n = min(n, qcow2_l2_block_clusters(g, next, md->block_bits));
+	}
+	return n;
+}
+
 /**
  * qcow2_md_normal_run() - how many guest clusters from a standard one have
  *	their data right after its data on the host, in cached metadata.
@@ -628,9 +663,7 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
  * The run covers only clusters without a staged entry, with an L2 entry
  * in the same cached metadata block as the next cluster's, that
  * qcow2_md_lookup() would call standard at the next host cluster and that
- * is no metadata cluster.  Staged entries are looked for before the L2
- * block is read, in qcow2_md_lookup()'s order: an entry applied meanwhile
- * is seen in the block.
+ * is no metadata cluster (see run_window()).
  *
  * Context: any, never blocks (map()).
  * Return: clusters from @guest_off's, 1 to @max_clusters.
@@ -640,29 +673,15 @@ unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
 				 bool copied)
 {
 	const struct qcow2_geometry *g = &md->geo;
-	u64 next = guest_off + g->cluster_size;
-	u64 gc = guest_cluster(md, guest_off), hc, l2_off, pos;
-	unsigned long idx = gc + 1;
 	unsigned int n, run;
+	unsigned long idx;
 	struct dm_buffer *b;
+	u64 hc, pos;
 	void *data;
 
-	if (max_clusters <= 1 || next >= g->size || qcow2_l1_index(g, next) >= g->l1_size)
+	n = run_window(md, guest_off, max_clusters, &pos);
+	if (!n || !pos)
 		return 1;
-	/* Up to the end of the guest disk and of the next cluster's L2 block. */
-	n = min_t(u64, max_clusters - 1, (g->size - next) >> g->cluster_bits);
-	l2_off = READ_ONCE(md->l1[qcow2_l1_index(g, next)]) & QCOW2_L1E_OFFSET_MASK;
-	if (!l2_off)
-		return 1;
-	pos = l2_off + (u64)qcow2_l2_index(g, next) * sizeof(u64);
-	n = min_t(u64, n, (BIT_ULL(md->block_bits) - (pos & (BIT_ULL(md->block_bits) - 1))) /
-		  sizeof(u64));
-	if (xa_find(&md->pending, &idx, gc + n, XA_PRESENT))
-		n = idx - gc - 1;
-	if (!n)
-		return 1;
-	/* Pairs with the write barrier in apply_pending(). */
-	smp_rmb();
 	data = dm_bufio_get(md->bufio, pos >> md->block_bits, &b);
 	if (IS_ERR_OR_NULL(data))
 		return 1;
@@ -675,6 +694,51 @@ unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
 	    xa_find(&md->meta, &idx, hc + run - 1, XA_PRESENT))
 		run = idx - hc;
 	return 1 + run;
+}
+
+/**
+ * qcow2_md_zero_run() - how many guest clusters from one that reads as
+ *	zeros read as zeros too, in cached metadata.
+ * @md: metadata.
+ * @guest_off: a guest offset qcow2_md_lookup() found unallocated or zero.
+ * @max_clusters: clusters the caller wants, >= 1.
+ *
+ * Lets a read of a sparse range be answered at once.  The run covers only
+ * clusters without a staged entry, in the next cluster's L2 metadata block
+ * (cached) or its unallocated L2 table (see run_window()).
+ *
+ * Context: any, never blocks (map()).
+ * Return: clusters from @guest_off's, 1 to @max_clusters.
+ */
+unsigned int qcow2_md_zero_run(struct qcow2_metadata *md, u64 guest_off,
+			       unsigned int max_clusters)
+{
+	unsigned int n, run;
+	struct dm_buffer *b;
+	void *data;
+	u64 pos;
+
+	n = run_window(md, guest_off, max_clusters, &pos);
+	if (!n || !pos)
+		return 1 + n;
+	data = dm_bufio_get(md->bufio, pos >> md->block_bits, &b);
+	if (IS_ERR_OR_NULL(data))
+		return 1;
+	run = qcow2_l2_zero_run(&md->geo, data + (pos & (BIT_ULL(md->block_bits) - 1)), n);
+	dm_bufio_release(b);
+	return 1 + run;
+}
+
+/**
+ * qcow2_md_l2_block_clusters() - guest clusters from @guest_off's to the
+ *	last one whose L2 entry is in the same metadata block: what one
+ *	metadata read maps.
+ * @md: metadata.
+ * @guest_off: a guest offset.
+ */
+unsigned int qcow2_md_l2_block_clusters(struct qcow2_metadata *md, u64 guest_off)
+{
+	return qcow2_l2_block_clusters(&md->geo, guest_off, md->block_bits);
 }
 
 /**

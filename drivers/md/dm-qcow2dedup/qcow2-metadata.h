@@ -37,6 +37,9 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
 				 u64 host_offset, unsigned int max_clusters,
 				 bool copied);
+unsigned int qcow2_md_zero_run(struct qcow2_metadata *md, u64 guest_off,
+			       unsigned int max_clusters);
+unsigned int qcow2_md_l2_block_clusters(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 			size_t len);
 

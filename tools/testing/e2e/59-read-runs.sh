@@ -14,7 +14,11 @@
 #      data: the "row" is four rows of 2 MiB.)  Read through the target with 1 MiB, 12 KiB at
 #      odd offsets and 512-byte O_DIRECT reads and buffered: every byte
 #      as qemu-img convert reads it; read_runs counts the 1 MiB reads of
-#      the rows, and stays 0 while only the backwards range is read.
+#      the rows, and stays 0 while only the backwards range is read.  With
+#      the metadata cache emptied first (dm-bufio's retain_bytes 0, then
+#      drop_caches), a 1 MiB read goes to the worker whole and still is one
+#      row (reads_deferred: one per L2 block, not per cluster); reads of
+#      unallocated MiBs are zero runs (zero_runs).
 #   2. Rows that change under the readers: 8 MiB of 16-cluster segments,
 #      even ones fixed, odd ones rewritten whole (one 64 KiB write, dedup
 #      on: 16 new clusters, the old ones freed at the next commit and
@@ -79,13 +83,13 @@ dmsetup create t --table "0 $S qcow2dedup /dev/ubda" || { echo "FAIL: create"; e
 # Only the backwards range: no row to read.
 dd if=\$d of=/dev/null bs=1M skip=8 count=4 iflag=direct status=none || bad "read back"
 [ "\$(st read_runs)" = 0 ] || bad "read_runs \$(st read_runs) after reading clusters that are in no row"
-# Twice: the first pass may find L2 tables not cached yet (those reads go
-# to the worker cluster by cluster); each read of the second is one row.
-dd if=\$d of=/dev/null bs=1M count=8 iflag=direct status=none || bad "read row"
+# Each read of 1 MiB is one row, whether its L2 block was cached or not
+# (a miss goes to the worker whole, which splits it by rows).
 r0=\$(st read_runs)
 dd if=\$d of=/dev/null bs=1M count=8 iflag=direct status=none || bad "read row"
+dd if=\$d of=/dev/null bs=1M count=8 iflag=direct status=none || bad "read row"
 r=\$(st read_runs)
-[ "\$((r - r0))" -eq 8 ] || bad "read_runs went from \$r0 to \$r in 8 reads of 1 MiB of a row"
+[ "\$((r - r0))" -eq 16 ] || bad "read_runs went from \$r0 to \$r in 16 reads of 1 MiB of a row"
 echo "read_runs: \$r0, then \$r after the row"
 # Sharing and a discard: 2 MiB copied from the row (dedup shares it, once
 # the rebuild of the index, there being no table yet, has hashed the row),
@@ -103,7 +107,33 @@ cat >reads.sh <<'EOF'
 d=/dev/mapper/t
 st() { dmsetup message t 0 stats | awk -v k=$1 '$1 == k { print $2 }'; }
 dmsetup create --readonly t --table "0 $1 qcow2dedup /dev/ubda" || { echo "FAIL: create"; exit 1; }
+# A cold metadata cache: with dm-bufio's retained share at 0, drop_caches
+# empties it (its shrinker works asynchronously: a moment later).  Each
+# 1 MiB read of the row then finds its L2 block uncached: map() defers it
+# whole (with the rest of that block's clusters), the worker reads the
+# block once and sends the row as one bio.  8 reads, 9 rows (layout.sh
+# discarded 64 KiB in [3M, 4M): two rows and a zero run there), one
+# deferral per 2 MiB L2 block; not one per cluster.
+echo 0 >/sys/module/dm_bufio/parameters/retain_bytes || bad "dm_bufio retain_bytes"
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; sleep 1; }
+cold
+d0=$(st reads_deferred) r0=$(st read_runs)
+dd if=$d bs=1M count=8 iflag=direct status=none | cmp -n $((8 << 20)) - expect.raw || bad "cold 1 MiB reads of the row differ"
+dn=$(($(st reads_deferred) - d0)) rn=$(($(st read_runs) - r0))
+echo "cold row: $dn deferred reads, $rn rows"
+[ "$dn" -ge 1 ] || bad "no read was deferred: the metadata cache was not cold, the test did not run"
+[ "$dn" -le 8 ] || bad "$dn reads deferred for 8 MiB in 8 reads: split per cluster"
+[ "$rn" -eq 9 ] || bad "$rn rows in 8 cold reads of 1 MiB of a row, 64 KiB discarded"
+# Every layout read cold (the worker splits: rows, zero runs, compressed,
+# backwards, shared, discarded), then warm (map()).
+cold
+z0=$(st zero_runs)
+dd if=$d bs=1M iflag=direct status=none | cmp - expect.raw || bad "cold 1 MiB O_DIRECT reads differ"
 dd if=$d bs=1M iflag=direct status=none | cmp - expect.raw || bad "1 MiB O_DIRECT reads differ"
+echo "zero_runs: $z0, then $(st zero_runs)"
+# [12M, 13M) reads as zeros, [13M, 14M), [16M, 20M) and [22M, 64M) are
+# unallocated: each 1 MiB read there, of both passes, is one zero run.
+[ "$(st zero_runs)" -ge $((z0 + 2 * 48)) ] || bad "zero_runs $(st zero_runs): reads of unallocated MiBs were cut"
 dd if=$d bs=12k skip=1 iflag=direct status=none >r12.raw
 tail -c +12289 expect.raw | cmp - r12.raw || bad "12 KiB O_DIRECT reads differ"
 dd if=$d bs=512 skip=5 iflag=direct status=none count=$((16 * 2048 - 5)) >r512.raw

@@ -518,6 +518,63 @@ static void l2_normal_runs(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, qcow2_l2_normal_run(&g, l2, 8, 3 * CS, false), 8);
 }
 
+/*
+ * Zero runs: unallocated and plain zero entries in a row; a zero entry
+ * with a cluster, a standard, compressed or corrupt one ends the run.
+ */
+static void l2_zero_runs(struct kunit *test)
+{
+	struct qcow2_geometry g;
+	u8 buf[8 * sizeof(u64) + 1];
+	u8 *l2 = buf + 1;
+	int i;
+
+	geometry(test, &g, CB, DEV_SIZE);
+	for (i = 0; i < 8; i++)
+		put_unaligned_be64(i & 1 ? QCOW2_OFLAG_ZERO : 0, l2 + i * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 3), 3);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 0), 0);
+	put_unaligned_be64(3 * CS | QCOW2_OFLAG_ZERO, l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 5);
+	put_unaligned_be64(3 * CS, l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 5);
+	put_unaligned_be64(compressed_l2e(CB, 7 * CS, 512), l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 5);
+	/* Reserved bits, or an offset in a zero entry without the flag's cluster. */
+	put_unaligned_be64(2, l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 5);
+	put_unaligned_be64(QCOW2_OFLAG_ZERO | 512, l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 5);
+	put_unaligned_be64(0, l2 + 5 * sizeof(u64));
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2, 8), 8);
+	KUNIT_EXPECT_EQ(test, qcow2_l2_zero_run(&g, l2 + 8, 7), 7);
+}
+
+/* Clusters to the end of an L2 metadata block, for every cluster size. */
+static void l2_block_clusters(struct kunit *test)
+{
+	struct qcow2_geometry g;
+	u32 cb;
+
+	for (cb = QCOW2_MIN_CLUSTER_BITS; cb <= QCOW2_MAX_CLUSTER_BITS; cb++) {
+		u64 cs = 1ULL << cb;
+		/* 4 KiB blocks (512 entries), smaller ones for small clusters. */
+		u32 per = (cb < 12 ? cs : 4096) / 8;
+
+		geometry(test, &g, cb, DEV_SIZE);
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, 0, 12), per);
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, cs - 1, 12), per);
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, cs, 12), per - 1);
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, (per - 1) * cs, 12), 1U);
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, per * cs + cs - 1, 12), per);
+		/* The next L2 table starts a block too. */
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, cs * (cs / 8), 12), per);
+		/* 512-byte blocks: 64 entries. */
+		KUNIT_EXPECT_EQ(test, qcow2_l2_block_clusters(&g, 3 * cs, 9), 61U);
+	}
+}
+
 static void address_arithmetic(struct kunit *test)
 {
 	struct qcow2_geometry g;
@@ -586,6 +643,8 @@ static struct kunit_case qcow2_format_cases[] = {
 	KUNIT_CASE(l2_entries),
 	KUNIT_CASE(compressed_descriptors),
 	KUNIT_CASE(l2_normal_runs),
+	KUNIT_CASE(l2_zero_runs),
+	KUNIT_CASE(l2_block_clusters),
 	KUNIT_CASE(address_arithmetic),
 	KUNIT_CASE(l1_size_bound),
 	{}
