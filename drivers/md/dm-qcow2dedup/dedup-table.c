@@ -711,6 +711,7 @@ int qcow2dedup_table_barrier(struct qcow2dedup *q)
 
 	if (!q->index.nr_clears)
 		return 0;
+	WRITE_ONCE(q->table.barriers, q->table.barriers + 1);
 	r = write_clears(q);
 	return r ?: qcow2_md_flush(q->md);
 }

@@ -205,45 +205,49 @@ static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
 	spin_unlock_irqrestore(&q->lock, flags);
 }
 
-/*
- * The cluster @host is about to change in place: if its slot on disk still
- * names contents, zero it now (a barrier), while its index entry (live or
- * DEAD) still keeps map() away from the cluster.
- */
-static int slot_barrier(struct qcow2dedup *q, u64 host)
-{
-	int r;
-
-	if (!dedup_host_clearing(&q->index, host))
-		return 0;
-	r = qcow2dedup_table_barrier(q);
-	if (r)
-		qcow2dedup_metadata_error_once(q, "dedup table update", r);
-	return r;
-}
-
 /**
- * qcow2dedup_forget_host() - the cluster at @host_off is about to be
- *	written in place: its digest will be wrong, take it out of the index,
- *	and its slot out of the table on disk before the write.
+ * qcow2dedup_unindex_host() - the cluster at @host_off is about to be
+ *	written in place: its digest will be wrong, take it out of the index.
  * @q: target.
  * @host_off: a cluster of refcount one.
  *
  * Nothing to do without dedup.
- * Return: 0, or the error of the table update (the write must not go on).
+ * Return: true if the cluster's slot on disk still names contents: the
+ * write must wait for a table barrier (qcow2dedup_table_barrier()), while
+ * the index entry (live or DEAD) keeps map() away from the cluster.
  */
-int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
+bool qcow2dedup_unindex_host(struct qcow2dedup *q, u64 host_off)
 {
 	u64 host = host_off >> cluster_bits(q);
 	struct dedup_entry *e;
 
 	if (!q->dedup)
-		return 0;
+		return false;
 	e = dedup_find_host(&q->index, host);
 	/* READY or UNKEYED: COPIED clusters are never WRITING. */
 	if (e && e->state != DEDUP_WRITING)
 		dedup_remove(&q->index, e);
-	return slot_barrier(q, host);
+	return dedup_host_clearing(&q->index, host);
+}
+
+/**
+ * qcow2dedup_forget_host() - qcow2dedup_unindex_host(), and the table
+ *	barrier at once if the slot needs one (a synchronous write in place).
+ * @q: target.
+ * @host_off: a cluster of refcount one.
+ *
+ * Return: 0, or the error of the table update (the write must not go on).
+ */
+int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off)
+{
+	int r;
+
+	if (!qcow2dedup_unindex_host(q, host_off))
+		return 0;
+	r = qcow2dedup_table_barrier(q);
+	if (r)
+		qcow2dedup_metadata_error_once(q, "dedup table update", r);
+	return r;
 }
 
 /**
@@ -714,6 +718,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
 	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));
+	DMEMIT("barrier_writes %lld\n", (long long)atomic64_read(&q->barrier_writes));
+	DMEMIT("table_barriers %llu\n", READ_ONCE(q->table.barriers));
 	DMEMIT("reads_deferred %lld\n", (long long)atomic64_read(&q->reads_deferred));
 	DMEMIT("write_runs %lld\n", (long long)atomic64_read(&q->write_runs));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");

@@ -960,10 +960,17 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 	r = qcow2_md_lookup(q->md, off, true, &type, &info, &pending);
 	if (!r && type == QCOW2_CLUSTER_NORMAL && info.copied &&
 	    (!q->dedup || bio->bi_iter.bi_size < q->geo->cluster_size)) {
-		/* Its digest no longer describes the cluster: unindex it. */
-		if (qcow2dedup_forget_host(q, info.host_offset)) {
+		/*
+		 * Its digest no longer describes the cluster: unindex it.  If
+		 * its slot on disk still names that digest, the write waits
+		 * for the pass's table barrier, one for all such writes
+		 * (do_worker()).
+		 */
+		if (qcow2dedup_unindex_host(q, info.host_offset)) {
 			io_unhold(q, idx);
-			goto fail;
+			atomic64_inc(&q->barrier_writes);
+			bio_list_add(&q->barrier_bios, bio);
+			return 0;
 		}
 		remap_held(q, bio, info.host_offset + in, idx);
 		dm_submit_bio_remap(bio, NULL);
@@ -1260,6 +1267,30 @@ static void do_worker(struct work_struct *ws)
 				bio_list_add(&held, bio);
 		}
 		cond_resched();
+	}
+	/*
+	 * Writes in place into clusters whose slots on disk still name their
+	 * old contents: one table barrier for all of them, then each goes
+	 * its way again (now in place).
+	 */
+	if (!bio_list_empty(&q->barrier_bios)) {
+		struct bio_list waited = BIO_EMPTY_LIST;
+		int r = qcow2dedup_table_barrier(q);
+
+		if (r)
+			qcow2dedup_metadata_error_once(q, "dedup table update", r);
+		bio_list_merge_init(&waited, &q->barrier_bios);
+		while ((bio = bio_list_pop(&waited))) {
+			if (r) {
+				bio->bi_status = BLK_STS_IOERR;
+				bio_endio(bio);
+			} else if (!bio_list_empty(&held) || process_write(q, bio) == -EAGAIN) {
+				bio_list_add(&held, bio);
+			}
+		}
+		/* A slot marked again meanwhile: its write waits for the next pass. */
+		if (!bio_list_empty(&q->barrier_bios))
+			qcow2dedup_wake(q);
 	}
 	if (!bio_list_empty(&held)) {
 		spin_lock_irq(&q->lock);
@@ -1562,6 +1593,7 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	INIT_LIST_HEAD(&q->completed);
 	INIT_LIST_HEAD(&q->hashed);
 	INIT_LIST_HEAD(&q->barrier_wait);
+	bio_list_init(&q->barrier_bios);
 	INIT_LIST_HEAD(&q->engines_node);
 	INIT_WORK(&q->worker, do_worker);
 	INIT_DELAYED_WORK(&q->waker, do_waker);

@@ -91,6 +91,7 @@ struct qcow2dedup_table {
 	u64 dropped;			/* slots the load did not accept */
 	u64 flushes;
 	u64 flush_ns;			/* total time in table flushes */
+	u64 barriers;			/* qcow2dedup_table_barrier() flushes */
 	struct delayed_work flusher;
 	bool flush_due;
 	unsigned long flush_req;	/* "flush" messages asked ... */
@@ -207,6 +208,7 @@ struct qcow2dedup {
 	struct rb_root busy;
 	struct bio_list commit_waiters;
 	struct list_head barrier_wait;	/* in-place writes after the table barrier */
+	struct bio_list barrier_bios;	/* the same, not buffered: see do_worker() */
 	unsigned int buffered_ops;
 	unsigned int max_buffered_ops;
 	bool autoclear_done;
@@ -247,6 +249,7 @@ struct qcow2dedup {
 	 */
 	atomic64_t read_runs;
 	atomic64_t zero_runs;		/* reads of several clusters answered as zeros */
+	atomic64_t barrier_writes;	/* writes in place that waited for a table barrier */
 	atomic64_t write_runs;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
@@ -369,6 +372,7 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_barrier_done(struct qcow2dedup *q);
 void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op);
+bool qcow2dedup_unindex_host(struct qcow2dedup *q, u64 host_off);
 int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc);
 bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster);
