@@ -10,6 +10,7 @@
 #                   KUnit and e2e-smp in the SMP x86_64 kernel
 #   make demo       the main job on a generated image, in UML
 #   make bench      fio table vs dm-linear/dm-thin/qemu-nbd/dm-vdo, hash bound (not part of check)
+#   make bench-vm   write rows in the stock 6.12 kernel under qemu, -smp 1 vs 2 (not part of check)
 #   make fuzz       mutation campaign in UML (FUZZ_N, FUZZ_SEED, FUZZ_JOBS; not part of check)
 #   make kunit-x86  KUnit in the SMP x86_64 debug kernel under qemu (2 vCPUs)
 #   make e2e-smp    the E2E_SMP scenarios in that kernel through tools/testing/x86-run
@@ -44,7 +45,7 @@ X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,
 E2E_SMP   ?= /54-smp-stress\.sh$$
 E2E_SMP_MORE := /(59-read-runs|30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
 
-.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench bench-dd fuzz \
+.PHONY: all module tool deps uml kunit e2e smoke static checkpatch sparse check demo bench bench-vm bench-dd fuzz \
 	x86 kunit-x86 e2e-smp print-e2e-smp install install-tool clean help
 
 all: module tool
@@ -129,6 +130,12 @@ demo:
 bench: deps
 	tools/testing/bench/suite $(BENCH_ARGS)
 	tools/testing/bench/table-bench
+
+# Does hashing scale with CPUs: sequential and random writes of dm-linear,
+# nodedup and sha256 dedup in Debian's stock 6.12 kernel under qemu (TCG)
+# with -smp 1 and -smp 2 (tools/testing/bench/vm; BENCH_VM_ARGS: MiB, boots).
+bench-vm: module
+	tools/testing/bench/vm $(BENCH_VM_ARGS)
 
 # The older dd-only comparison (64 KiB clusters, dm-linear and the hashes).
 bench-dd: deps

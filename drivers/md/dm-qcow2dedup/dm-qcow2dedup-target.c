@@ -922,7 +922,11 @@ int qcow2dedup_before_first_write(struct qcow2dedup *q)
 }
 
 /* Worker: a write of one cluster or part of it.  Returns -EAGAIN to retry later. */
-static int process_write(struct qcow2dedup *q, struct bio *bio)
+/*
+ * A write the worker got.  @barrier_done: the table barrier the write
+ * waited for has been issued (it goes in place now, see do_worker()).
+ */
+static int process_write(struct qcow2dedup *q, struct bio *bio, bool barrier_done)
 {
 	u64 off = guest_offset(q, bio), gc = off >> q->geo->cluster_bits;
 	u64 in = qcow2_offset_in_cluster(q->geo, off);
@@ -966,7 +970,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio)
 		 * for the pass's table barrier, one for all such writes
 		 * (do_worker()).
 		 */
-		if (qcow2dedup_unindex_host(q, info.host_offset)) {
+		if (qcow2dedup_unindex_host(q, info.host_offset) && !barrier_done) {
 			io_unhold(q, idx);
 			atomic64_inc(&q->barrier_writes);
 			bio_list_add(&q->barrier_bios, bio);
@@ -1257,7 +1261,7 @@ static void do_worker(struct work_struct *ws)
 			/* Writes stay in their order behind a held one. */
 			bio_list_add(&held, bio);
 		} else {
-			r = bio_op(bio) == REQ_OP_WRITE ? process_write(q, bio) :
+			r = bio_op(bio) == REQ_OP_WRITE ? process_write(q, bio, false) :
 							  process_discard(q, bio);
 			/*
 			 * Throttled, or memory short: keep this write and the
@@ -1284,13 +1288,10 @@ static void do_worker(struct work_struct *ws)
 			if (r) {
 				bio->bi_status = BLK_STS_IOERR;
 				bio_endio(bio);
-			} else if (!bio_list_empty(&held) || process_write(q, bio) == -EAGAIN) {
+			} else if (!bio_list_empty(&held) || process_write(q, bio, true) == -EAGAIN) {
 				bio_list_add(&held, bio);
 			}
 		}
-		/* A slot marked again meanwhile: its write waits for the next pass. */
-		if (!bio_list_empty(&q->barrier_bios))
-			qcow2dedup_wake(q);
 	}
 	if (!bio_list_empty(&held)) {
 		spin_lock_irq(&q->lock);
