@@ -1288,7 +1288,8 @@ static void do_worker(struct work_struct *ws)
 			if (r) {
 				bio->bi_status = BLK_STS_IOERR;
 				bio_endio(bio);
-			} else if (!bio_list_empty(&held) || process_write(q, bio, true) == -EAGAIN) {
+			} else if (!bio_list_empty(&held) ||
+				   process_write(q, bio, true) == -EAGAIN) {
 				bio_list_add(&held, bio);
 			}
 		}
