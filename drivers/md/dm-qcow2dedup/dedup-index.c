@@ -50,12 +50,45 @@ void dedup_index_init(struct dedup_index *idx, unsigned int key_len,
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_init);
 
+static size_t refs_bytes(u32 cap)
+{
+	return struct_size_t(struct dedup_refs, guest, cap);
+}
+
+static void set_state(struct dedup_entry *e, enum dedup_state state)
+{
+	e->host_flags = (e->host_flags & ~(3ULL << DEDUP_STATE_SHIFT)) |
+			((u64)state << DEDUP_STATE_SHIFT);
+}
+
+static void set_refs_kind(struct dedup_entry *e, enum dedup_refs_kind kind)
+{
+	e->host_flags = (e->host_flags & ~(3ULL << DEDUP_REFS_SHIFT)) |
+			((u64)kind << DEDUP_REFS_SHIFT);
+}
+
+static void set_flag(struct dedup_entry *e, u64 flag, bool v)
+{
+	if (v)
+		e->host_flags |= flag;
+	else
+		e->host_flags &= ~flag;
+}
+
+/* Free @e's referrer array, if it has one; no referrer is left. */
+static void drop_refs(struct dedup_index *idx, struct dedup_entry *e)
+{
+	if (dedup_entry_refs_kind(e) == DEDUP_REFS_ARRAY) {
+		WRITE_ONCE(idx->array_bytes, idx->array_bytes - refs_bytes(e->refs->cap));
+		kfree(e->refs);
+	}
+	set_refs_kind(e, DEDUP_REFS_NONE);
+	e->guest = 0;
+}
+
 static void free_entry(struct dedup_index *idx, struct dedup_entry *e)
 {
-	if (e->cap) {
-		idx->array_bytes -= e->cap * sizeof(u64);
-		kfree(e->guests);
-	}
+	drop_refs(idx, e);
 	kmem_cache_free(entry_cache, e);
 }
 
@@ -103,16 +136,16 @@ static void make_key(const struct dedup_index *idx, const u8 *digest, u8 *key)
 
 static void mark_dirty(struct dedup_index *idx, struct dedup_entry *e)
 {
-	if (!xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY)) {
-		xa_set_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY);
+	if (!xa_get_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_DIRTY)) {
+		xa_set_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_DIRTY);
 		WRITE_ONCE(idx->dirty, idx->dirty + 1);
 	}
 }
 
 static void unmark_dirty(struct dedup_index *idx, struct dedup_entry *e)
 {
-	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY)) {
-		xa_clear_mark(&idx->by_host, e->host, DEDUP_MARK_DIRTY);
+	if (xa_get_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_DIRTY)) {
+		xa_clear_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_DIRTY);
 		WRITE_ONCE(idx->dirty, idx->dirty - 1);
 	}
 }
@@ -144,7 +177,7 @@ struct dedup_entry *dedup_find_host(struct dedup_index *idx, u64 host)
 {
 	struct dedup_entry *e = xa_load(&idx->by_host, host);
 
-	return e && e->state != DEDUP_DEAD ? e : NULL;
+	return e && dedup_entry_state(e) != DEDUP_DEAD ? e : NULL;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_find_host);
 
@@ -177,11 +210,6 @@ bool dedup_host_clearing(struct dedup_index *idx, u64 host)
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_host_clearing);
 
-/*
- * A new entry for host cluster @host, in the xarray only; its key and
- * rbtree node are the caller's to set.  Return: 0, -ENOSPC at the memory
- * limit, -EEXIST when @host is indexed, or -ENOMEM.
- */
 static bool over_limit(struct dedup_index *idx, u64 more)
 {
 	return idx->limit_bytes && dedup_index_bytes(idx) + more > idx->limit_bytes;
@@ -199,20 +227,25 @@ static bool over_entry_limit(struct dedup_index *idx, u64 more)
 	       dedup_index_bytes(idx) + more > idx->limit_bytes - idx->limit_bytes / 4;
 }
 
+/*
+ * A new entry for host cluster @host, in the xarray only; its key and
+ * rbtree node are the caller's to set.  Return: 0, -ENOSPC at the memory
+ * limit (or for a cluster past what a qcow2 offset can name), -EEXIST when
+ * @host is indexed, or -ENOMEM.
+ */
 static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
 		     struct dedup_entry **entry, gfp_t gfp)
 {
 	struct dedup_entry *e;
 	int r;
 
-	if (over_entry_limit(idx, dedup_entry_bytes()))
+	if (host > DEDUP_HOST_MASK || over_entry_limit(idx, dedup_entry_bytes()))
 		return -ENOSPC;
 	e = kmem_cache_zalloc(entry_cache, gfp);
 	if (!e)
 		return -ENOMEM;
-	e->host = host;
-	e->state = state;
-	INIT_LIST_HEAD(&e->waiters);
+	e->host_flags = host;
+	set_state(e, state);
 	r = xa_insert(&idx->by_host, host, e, gfp);
 	if (r) {
 		kmem_cache_free(entry_cache, e);
@@ -227,13 +260,14 @@ static int new_entry(struct dedup_index *idx, u64 host, enum dedup_state state,
  * @idx: index.
  * @digest: the content's digest; no entry has it.
  * @host: the newly allocated host cluster.
+ * @writer: what writes it (the index only hands it back: dedup_entry_writer()).
  * @entry: the new entry, in state WRITING, with no referrer.
  *
  * Return: 0; -ENOSPC when the index is at its memory limit, -ENOMEM when
  * memory is short (the caller writes the cluster unindexed); -EEXIST.
  */
 int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
-			 struct dedup_entry **entry)
+			 void *writer, struct dedup_entry **entry)
 {
 	struct dedup_entry *e;
 	int r;
@@ -242,6 +276,7 @@ int dedup_insert_writing(struct dedup_index *idx, const u8 *digest, u64 host,
 	if (r)
 		return r;
 	make_key(idx, digest, e->key);
+	e->writer = writer;
 	if (rb_find_add(&e->node, &idx->by_digest, entry_cmp)) {
 		/* The caller looked the digest up first: a bug, not data. */
 		xa_erase(&idx->by_host, host);
@@ -280,7 +315,7 @@ int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
 	WRITE_ONCE(idx->unkeyed, idx->unkeyed + 1);
 	if (key) {
 		memcpy(e->key, key, DEDUP_KEY_MAX);
-		e->persisted = true;
+		set_flag(e, DEDUP_F_PERSISTED, true);
 		WRITE_ONCE(idx->persisted, idx->persisted + 1);
 		dedup_set_unverified(idx, e, true);
 	}
@@ -306,10 +341,10 @@ int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
 		RB_CLEAR_NODE(&e->node);
 		return -EEXIST;
 	}
-	e->state = DEDUP_READY;
+	set_state(e, DEDUP_READY);
 	WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 	WRITE_ONCE(idx->entries, idx->entries + 1);
-	if (!e->persisted)
+	if (!dedup_entry_persisted(e))
 		mark_dirty(idx, e);
 	return 0;
 }
@@ -322,13 +357,13 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_key);
  * @e: the entry.
  * @guest: its first referrer.
  *
- * The caller moves @e->waiters back to its queue.
+ * The caller lets the writes that waited on the writer go.
  */
 void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e, u64 guest)
 {
-	e->state = DEDUP_READY;
+	set_state(e, DEDUP_READY);
 	e->guest = guest;
-	e->nr_refs = 1;
+	set_refs_kind(e, DEDUP_REFS_ONE);
 	mark_dirty(idx, e);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_write_done);
@@ -366,12 +401,12 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_record_clear);
 void dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e)
 {
 	unmark_dirty(idx, e);
-	if (!e->persisted)
+	if (!dedup_entry_persisted(e))
 		return;
-	e->persisted = false;
+	set_flag(e, DEDUP_F_PERSISTED, false);
 	WRITE_ONCE(idx->persisted, idx->persisted - 1);
-	if (!xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
-		xa_set_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR);
+	if (!xa_get_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_CLEAR)) {
+		xa_set_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_CLEAR);
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears + 1);
 	}
 }
@@ -385,12 +420,12 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_forget_slot);
  */
 void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e)
 {
-	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
-		xa_clear_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR);
+	if (xa_get_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_CLEAR)) {
+		xa_clear_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_CLEAR);
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
 	}
-	if (e->state == DEDUP_DEAD) {
-		xa_erase(&idx->by_host, e->host);
+	if (dedup_entry_state(e) == DEDUP_DEAD) {
+		xa_erase(&idx->by_host, dedup_entry_host(e));
 		WRITE_ONCE(idx->dead, idx->dead - 1);
 		free_entry(idx, e);
 	}
@@ -405,9 +440,9 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_clear_done);
 void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e)
 {
 	unmark_dirty(idx, e);
-	if (!e->persisted)
+	if (!dedup_entry_persisted(e))
 		WRITE_ONCE(idx->persisted, idx->persisted + 1);
-	e->persisted = true;
+	set_flag(e, DEDUP_F_PERSISTED, true);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
 
@@ -421,16 +456,17 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_set_persisted);
  */
 void dedup_set_unverified(struct dedup_index *idx, struct dedup_entry *e, bool v)
 {
-	if (e->unverified != v)
+	if (dedup_entry_unverified(e) != v)
 		WRITE_ONCE(idx->unverified, v ? idx->unverified + 1 : idx->unverified - 1);
-	e->unverified = v;
+	set_flag(e, DEDUP_F_UNVERIFIED, v);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_set_unverified);
 
 /**
  * dedup_remove() - take an entry out of the index and free it.
  * @idx: index.
- * @e: the entry; its waiters list must be empty (the caller requeued them).
+ * @e: the entry; if WRITING, the writes that waited on its writer have been
+ *	let go.
  *
  * For a data write that failed, and for a cluster about to be overwritten
  * in place (its digest no longer describes it).  An entry whose slot must
@@ -438,7 +474,9 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_set_unverified);
  */
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 {
-	if (e->state == DEDUP_DEAD)
+	u32 refs = dedup_nr_refs(e);
+
+	if (dedup_entry_state(e) == DEDUP_DEAD)
 		return;
 	dedup_forget_slot(idx, e);
 	dedup_set_unverified(idx, e, false);
@@ -449,22 +487,17 @@ void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 		RB_CLEAR_NODE(&e->node);
 		WRITE_ONCE(idx->entries, idx->entries - 1);
 	}
-	if (e->nr_refs >= 2) {
+	if (refs >= 2) {
 		WRITE_ONCE(idx->shared, idx->shared - 1);
-		WRITE_ONCE(idx->extra_refs, idx->extra_refs - (e->nr_refs - 1));
+		WRITE_ONCE(idx->extra_refs, idx->extra_refs - (refs - 1));
 	}
-	if (xa_get_mark(&idx->by_host, e->host, DEDUP_MARK_CLEAR)) {
-		if (e->cap) {
-			WRITE_ONCE(idx->array_bytes, idx->array_bytes - e->cap * sizeof(u64));
-			kfree(e->guests);
-			e->cap = 0;
-		}
-		e->nr_refs = 0;
-		e->state = DEDUP_DEAD;
+	if (xa_get_mark(&idx->by_host, dedup_entry_host(e), DEDUP_MARK_CLEAR)) {
+		drop_refs(idx, e);
+		set_state(e, DEDUP_DEAD);
 		WRITE_ONCE(idx->dead, idx->dead + 1);
 		return;
 	}
-	xa_erase(&idx->by_host, e->host);
+	xa_erase(&idx->by_host, dedup_entry_host(e));
 	free_entry(idx, e);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_remove);
@@ -485,39 +518,44 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_remove);
 int dedup_add_ref(struct dedup_index *idx, struct dedup_entry *e, u64 guest,
 		  u64 *first, gfp_t gfp)
 {
-	u32 n = e->nr_refs;
+	u32 n = dedup_nr_refs(e);
+	struct dedup_refs *a;
 
 	if (!n) {
 		/* An UNKEYED entry being given its referrers (load, rebuild). */
 		e->guest = guest;
-		e->nr_refs = 1;
+		set_refs_kind(e, DEDUP_REFS_ONE);
 		return 0;
 	}
-	/* The next array: 4 slots for the second referrer, then doubled. */
-	if (n == U32_MAX || (n >= e->cap && over_limit(idx, (e->cap ?: 4) * sizeof(u64))))
-		return -ENOSPC;
 	if (n == 1) {
-		u64 *a = kmalloc_array(4, sizeof(u64), gfp);
-
+		/* 3 slots for the second referrer (32 bytes), then 7, 15... */
+		if (over_limit(idx, refs_bytes(3)))
+			return -ENOSPC;
+		a = kmalloc(refs_bytes(3), gfp);
 		if (!a)
 			return -ENOMEM;
 		*first = e->guest;
-		a[0] = e->guest;
-		e->guests = a;
-		e->cap = 4;
-		WRITE_ONCE(idx->array_bytes, idx->array_bytes + 4 * sizeof(u64));
+		a->nr = 1;
+		a->cap = 3;
+		a->guest[0] = e->guest;
+		e->refs = a;
+		set_refs_kind(e, DEDUP_REFS_ARRAY);
+		WRITE_ONCE(idx->array_bytes, idx->array_bytes + refs_bytes(3));
 		WRITE_ONCE(idx->shared, idx->shared + 1);
-	} else if (n == e->cap) {
-		u64 *a = krealloc_array(e->guests, 2 * e->cap, sizeof(u64), gfp);
+	} else if (n == e->refs->cap) {
+		u32 cap = 2 * n + 1;
 
+		if (n >= U32_MAX / 4 || over_limit(idx, refs_bytes(cap) - refs_bytes(n)))
+			return -ENOSPC;
+		a = krealloc(e->refs, refs_bytes(cap), gfp);
 		if (!a)
 			return -ENOMEM;
-		WRITE_ONCE(idx->array_bytes, idx->array_bytes + e->cap * sizeof(u64));
-		e->guests = a;
-		e->cap *= 2;
+		WRITE_ONCE(idx->array_bytes, idx->array_bytes + refs_bytes(cap) - refs_bytes(n));
+		a->cap = cap;
+		e->refs = a;
 	}
-	e->guests[n] = guest;
-	e->nr_refs = n + 1;
+	e->refs->guest[n] = guest;
+	e->refs->nr = n + 1;
 	WRITE_ONCE(idx->extra_refs, idx->extra_refs + 1);
 	return n;
 }
@@ -536,33 +574,39 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_add_ref);
 enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest)
 {
 	struct dedup_entry *e = dedup_find_host(idx, host);
+	struct dedup_refs *a;
 	u64 survivor;
 	u32 i;
 
-	if (!e || e->state == DEDUP_WRITING)
+	if (!e || dedup_entry_state(e) == DEDUP_WRITING)
 		return DEDUP_DROP_NONE;
-	if (e->nr_refs == 1) {
+	switch (dedup_entry_refs_kind(e)) {
+	case DEDUP_REFS_ONE:
 		if (e->guest != guest)
 			return DEDUP_DROP_NONE;
 		dedup_remove(idx, e);
 		return DEDUP_DROP_GONE;
-	}
-	for (i = 0; i < e->nr_refs && e->guests[i] != guest; i++)
-		;
-	if (i == e->nr_refs)
+	case DEDUP_REFS_ARRAY:
+		break;
+	default:
 		return DEDUP_DROP_NONE;
-	e->guests[i] = e->guests[--e->nr_refs];
+	}
+	a = e->refs;
+	for (i = 0; i < a->nr && a->guest[i] != guest; i++)
+		;
+	if (i == a->nr)
+		return DEDUP_DROP_NONE;
+	a->guest[i] = a->guest[--a->nr];
 	WRITE_ONCE(idx->extra_refs, idx->extra_refs - 1);
-	if (e->nr_refs > 1)
+	if (a->nr > 1)
 		return DEDUP_DROP_SHARED;
 
 	/* Back to one referrer, the survivor: inline again. */
-	survivor = e->guests[0];
-	WRITE_ONCE(idx->array_bytes, idx->array_bytes - e->cap * sizeof(u64));
+	survivor = a->guest[0];
 	WRITE_ONCE(idx->shared, idx->shared - 1);
-	kfree(e->guests);
-	e->cap = 0;
+	drop_refs(idx, e);
 	e->guest = survivor;
+	set_refs_kind(e, DEDUP_REFS_ONE);
 	return DEDUP_DROP_UNIQUE;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
@@ -596,6 +640,7 @@ static int set_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *dig
  * @e: a READY or UNKEYED entry; it stays in the xarray all along, so map()
  *	never finds the cluster unindexed and never writes into it meanwhile.
  * @digest: the new contents' digest; no entry has it.
+ * @writer: what writes it (dedup_entry_writer()).
  *
  * The entry becomes WRITING with no referrer, as after
  * dedup_insert_writing(); dedup_write_done() follows.  A cluster that two
@@ -605,11 +650,12 @@ static int set_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *dig
  * changed); -EEXIST (a caller bug: the entry is removed).
  */
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
-			const u8 *digest)
+			const u8 *digest, void *writer)
 {
 	int r;
 
-	if (e->nr_refs != 1 || (e->state != DEDUP_READY && e->state != DEDUP_UNKEYED))
+	if (dedup_nr_refs(e) != 1 ||
+	    (dedup_entry_state(e) != DEDUP_READY && dedup_entry_state(e) != DEDUP_UNKEYED))
 		return -EBUSY;
 	dedup_forget_slot(idx, e);
 	/* The new contents are the target's own. */
@@ -617,9 +663,9 @@ int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
 	r = set_key(idx, e, digest);
 	if (r)
 		return r;
-	e->state = DEDUP_WRITING;
-	e->nr_refs = 0;
-	INIT_LIST_HEAD(&e->waiters);
+	set_state(e, DEDUP_WRITING);
+	drop_refs(idx, e);
+	e->writer = writer;
 	return 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_rekey_writing);
@@ -661,7 +707,7 @@ void dedup_unverify_all(struct dedup_index *idx)
 	unsigned long host;
 
 	xa_for_each(&idx->by_host, host, e) {
-		if (e->state == DEDUP_READY)
+		if (dedup_entry_state(e) == DEDUP_READY)
 			dedup_set_unverified(idx, e, true);
 		if (!(host & 1023))
 			cond_resched();

@@ -10,13 +10,14 @@
  *
  * States.  An entry is WRITING from the allocation of its cluster until the
  * data write completes: it is then the per-digest lock of dm-vdo's design;
- * a second write of the same content parks on it and becomes a hit when
+ * a second write of the same content parks on it (with the writer the
+ * entry names, which the index does not look into) and becomes a hit when
  * the first completes.  It is READY afterwards.  An UNKEYED entry is in the
  * xarray only: a cluster read from the dedup table whose referrers are
  * being counted, or one the rebuild is hashing.  It keeps map() away from
  * the cluster like any entry, and becomes READY with dedup_key().
  *
- * Persistence (dedup-table.c).  @persisted says the on-disk table's slot
+ * Persistence (dedup-table.c).  DEDUP_F_PERSISTED says the on-disk table's slot
  * for the cluster holds the entry's key.  Entries READY and not persisted
  * carry DEDUP_MARK_DIRTY in the xarray: the next table flush writes them.
  * When a persisted slot stops describing its cluster (the entry is removed
@@ -28,7 +29,7 @@
  * recording the clear needs no memory.  Slots without an entry (dropped
  * when the table was loaded) are kept in @clears.
  *
- * Loaded entries are hints (@unverified): a table in the image is untrusted
+ * Loaded entries are hints (DEDUP_F_UNVERIFIED): a table in the image is untrusted
  * input, so the cluster is compared byte for byte before it is first shared.
  *
  * Referrers.  A READY entry lists the guest clusters of the active L1 that
@@ -51,7 +52,7 @@
 #ifndef DM_QCOW2DEDUP_DEDUP_INDEX_H
 #define DM_QCOW2DEDUP_DEDUP_INDEX_H
 
-#include <linux/list.h>
+#include <linux/bits.h>
 #include <linux/rbtree.h>
 #include <linux/types.h>
 #include <linux/xarray.h>
@@ -71,22 +72,102 @@ enum dedup_state {
 /* In dedup_index.by_host: the on-disk slot must be zeroed. */
 #define DEDUP_MARK_CLEAR	XA_MARK_2
 
+/*
+ * dedup_entry.host_flags: the host cluster index in the low 56 bits (qcow2
+ * host offsets have 56 bits), the state and flags above it.  One word, not
+ * bit-fields: GCC computes with a 56-bit field in a 56-bit type, and
+ * "e->host << cluster_bits" would lose the high bits.
+ */
+#define DEDUP_HOST_BITS		56
+#define DEDUP_HOST_MASK		(BIT_ULL(DEDUP_HOST_BITS) - 1)
+#define DEDUP_STATE_SHIFT	56		/* 2 bits: enum dedup_state */
+#define DEDUP_F_PERSISTED	BIT_ULL(58)	/* the on-disk slot holds @key */
+#define DEDUP_F_UNVERIFIED	BIT_ULL(59)	/* loaded: compare before the first share */
+#define DEDUP_F_COPIED_REF	BIT_ULL(60)	/* load, rebuild: a referrer has COPIED */
+#define DEDUP_REFS_SHIFT	61		/* 2 bits: enum dedup_refs_kind */
+
+/* Where an entry's referrers are. */
+enum dedup_refs_kind {
+	DEDUP_REFS_NONE,	/* none (WRITING, UNKEYED, DEAD) */
+	DEDUP_REFS_ONE,		/* one: @guest */
+	DEDUP_REFS_ARRAY,	/* two or more: @refs */
+};
+
+/* Two or more referrers.  Sized so that the allocation is a power of two. */
+struct dedup_refs {
+	u32 nr;
+	u32 cap;
+	u64 guest[];
+};
+
+/*
+ * 72 bytes on 64-bit: the rbtree node, the key, one word for the host and
+ * the flags, one for the referrer (or the referrer array, or the writer).
+ */
 struct dedup_entry {
 	struct rb_node node;		/* in dedup_index.by_digest */
 	u8 key[DEDUP_KEY_MAX];		/* digest, zero-padded */
-	u64 host;			/* host cluster index */
+	u64 host_flags;			/* see DEDUP_HOST_BITS */
 	union {
-		u64 guest;		/* nr_refs == 1: the referrer */
-		u64 *guests;		/* nr_refs >= 2: all referrers */
+		u64 guest;		/* DEDUP_REFS_ONE: the referrer */
+		struct dedup_refs *refs; /* DEDUP_REFS_ARRAY */
+		void *writer;		/* WRITING: the writer's, for its waiters */
 	};
-	u32 nr_refs;
-	u32 cap;			/* slots in @guests (0: inline) */
-	u8 state;			/* enum dedup_state */
-	bool persisted;			/* the on-disk slot holds @key */
-	bool unverified;		/* loaded: compare before the first share */
-	bool copied_ref;		/* load, rebuild: a referrer has COPIED */
-	struct list_head waiters;	/* WRITING: writes of the same content */
 };
+
+static inline u64 dedup_entry_host(const struct dedup_entry *e)
+{
+	return e->host_flags & DEDUP_HOST_MASK;
+}
+
+static inline enum dedup_state dedup_entry_state(const struct dedup_entry *e)
+{
+	return (e->host_flags >> DEDUP_STATE_SHIFT) & 3;
+}
+
+static inline bool dedup_entry_persisted(const struct dedup_entry *e)
+{
+	return e->host_flags & DEDUP_F_PERSISTED;
+}
+
+static inline bool dedup_entry_unverified(const struct dedup_entry *e)
+{
+	return e->host_flags & DEDUP_F_UNVERIFIED;
+}
+
+static inline bool dedup_entry_copied_ref(const struct dedup_entry *e)
+{
+	return e->host_flags & DEDUP_F_COPIED_REF;
+}
+
+static inline void dedup_entry_set_copied_ref(struct dedup_entry *e)
+{
+	e->host_flags |= DEDUP_F_COPIED_REF;
+}
+
+static inline enum dedup_refs_kind dedup_entry_refs_kind(const struct dedup_entry *e)
+{
+	return (e->host_flags >> DEDUP_REFS_SHIFT) & 3;
+}
+
+/* The number of guest clusters that point to the entry's cluster. */
+static inline u32 dedup_nr_refs(const struct dedup_entry *e)
+{
+	switch (dedup_entry_refs_kind(e)) {
+	case DEDUP_REFS_ONE:
+		return 1;
+	case DEDUP_REFS_ARRAY:
+		return e->refs->nr;
+	default:
+		return 0;
+	}
+}
+
+/* The writer given to dedup_insert_writing() or dedup_rekey_writing(). */
+static inline void *dedup_entry_writer(const struct dedup_entry *e)
+{
+	return dedup_entry_state(e) == DEDUP_WRITING ? e->writer : NULL;
+}
 
 struct dedup_index {
 	struct rb_root by_digest;
@@ -128,7 +209,7 @@ bool dedup_host_indexed(struct dedup_index *idx, u64 host);
 bool dedup_host_clearing(struct dedup_index *idx, u64 host);
 
 int dedup_insert_writing(struct dedup_index *idx, const u8 *key, u64 host,
-			 struct dedup_entry **entry);
+			 void *writer, struct dedup_entry **entry);
 void dedup_write_done(struct dedup_index *idx, struct dedup_entry *e,
 		      u64 guest);
 void dedup_remove(struct dedup_index *idx, struct dedup_entry *e);
@@ -144,7 +225,7 @@ int dedup_record_clear(struct dedup_index *idx, u64 host, gfp_t gfp);
 void dedup_forget_slot(struct dedup_index *idx, struct dedup_entry *e);
 void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e);
 int dedup_rekey_writing(struct dedup_index *idx, struct dedup_entry *e,
-			const u8 *digest);
+			const u8 *digest, void *writer);
 int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
 
 void dedup_unverify_all(struct dedup_index *idx);

@@ -147,8 +147,8 @@ static bool refs_exact(struct qcow2dedup *q, struct dedup_entry *e)
 {
 	u64 rc;
 
-	return e->nr_refs && !qcow2_md_refcount(q->md, e->host << cbits(q), &rc) &&
-	       rc == e->nr_refs;
+	return dedup_nr_refs(e) && !qcow2_md_refcount(q->md, dedup_entry_host(e) << cbits(q), &rc) &&
+	       rc == dedup_nr_refs(e);
 }
 
 /* Worker: the hashed batch; entries still UNKEYED take their digest. */
@@ -162,7 +162,7 @@ static void apply_batch(struct qcow2dedup *q)
 		struct dedup_entry *e = dedup_find_host(&q->index, it->host);
 
 		/* UNKEYED entries are made by the scan only, and not reused. */
-		if (e != it->e || e->state != DEDUP_UNKEYED)
+		if (e != it->e || dedup_entry_state(e) != DEDUP_UNKEYED)
 			continue;
 		rb->hashed++;
 		if (it->err || it->zero || !refs_exact(q, e) ||
@@ -184,7 +184,7 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 
 	/* Entries left UNKEYED (a stop half-way) go. */
 	xa_for_each(&q->index.by_host, host, e)
-		if (e->state == DEDUP_UNKEYED)
+		if (dedup_entry_state(e) == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
 	WRITE_ONCE(rb->active, false);
 	if (READ_ONCE(rb->quiet))
@@ -215,11 +215,11 @@ static int scan_one(struct qcow2dedup *q, u64 gc)
 		if (r)
 			return r;
 		rb->candidates++;
-	} else if (e->state != DEDUP_UNKEYED) {
+	} else if (dedup_entry_state(e) != DEDUP_UNKEYED) {
 		return 0;
 	}
 	if (info.copied)
-		e->copied_ref = true;
+		dedup_entry_set_copied_ref(e);
 	r = dedup_add_ref(&q->index, e, gc, &first, REBUILD_GFP);
 	return r < 0 ? r : 0;
 }
@@ -239,7 +239,7 @@ static void restore_copied(struct qcow2dedup *q, struct dedup_entry *e)
 
 	if (!qcow2_md_lookup(q->md, guest_off, true, &type, &info, &pending) &&
 	    type == QCOW2_CLUSTER_NORMAL && !info.copied &&
-	    info.host_offset >> cbits(q) == e->host &&
+	    info.host_offset >> cbits(q) == dedup_entry_host(e) &&
 	    !qcow2dedup_guest_busy(q, e->guest) &&
 	    !qcow2_md_set_copied(q->md, guest_off))
 		q->rebuild->copied_fixed++;
@@ -259,12 +259,12 @@ static int scan_end(struct qcow2dedup *q)
 	xa_for_each(&q->index.by_host, host, e) {
 		if (!(host & 1023))
 			cond_resched();
-		if (e->state != DEDUP_UNKEYED)
+		if (dedup_entry_state(e) != DEDUP_UNKEYED)
 			continue;
-		if (e->nr_refs >= 2 && e->copied_ref) {
-			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
+		if (dedup_nr_refs(e) >= 2 && dedup_entry_copied_ref(e)) {
+			qcow2dedup_shared_copied(q, dedup_entry_host(e), dedup_nr_refs(e));
 		} else if (refs_exact(q, e)) {
-			if (e->nr_refs == 1)
+			if (dedup_nr_refs(e) == 1)
 				restore_copied(q, e);
 			continue;
 		}
@@ -289,7 +289,7 @@ static void pick_batch(struct qcow2dedup *q)
 		if (rb->n == rb->max_items)
 			break;
 		rb->next_host = host + 1;
-		if (e->state != DEDUP_UNKEYED)
+		if (dedup_entry_state(e) != DEDUP_UNKEYED)
 			continue;
 		rb->item[rb->n].host = host;
 		rb->item[rb->n].e = e;

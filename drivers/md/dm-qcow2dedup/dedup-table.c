@@ -329,7 +329,7 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 		if (!e)
 			continue;
 		if (info.copied)
-			e->copied_ref = true;
+			dedup_entry_set_copied_ref(e);
 		r = dedup_add_ref(&q->index, e, gc, &first, GFP_KERNEL);
 		if (r == -ENOSPC) {
 			/* Referrers beyond the index limit: not kept. */
@@ -345,9 +345,9 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
 		if (r)
 			return r;
-		if (e->nr_refs >= 2 && e->copied_ref) {
-			qcow2dedup_shared_copied(q, e->host, e->nr_refs);
-		} else if (e->nr_refs && rc == e->nr_refs && !dedup_key(&q->index, e, NULL)) {
+		if (dedup_nr_refs(e) >= 2 && dedup_entry_copied_ref(e)) {
+			qcow2dedup_shared_copied(q, dedup_entry_host(e), dedup_nr_refs(e));
+		} else if (dedup_nr_refs(e) && rc == dedup_nr_refs(e) && !dedup_key(&q->index, e, NULL)) {
 			q->table.loaded++;
 			continue;
 		}
@@ -828,7 +828,7 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 		if (r || !t->enabled)
 			break;
 		/* The shape covers the device (qcow2dedup_table_init()). */
-		if (e->state != DEDUP_READY || WARN_ON_ONCE(leaf >= t->nr_leaves))
+		if (dedup_entry_state(e) != DEDUP_READY || WARN_ON_ONCE(leaf >= t->nr_leaves))
 			continue;
 		if (!t->leaves[leaf]) {
 			if (!durable)

@@ -192,15 +192,15 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 	return 0;
 }
 
-/* Parked writes of the same content go back to the worker's queue. */
-static void requeue_waiters(struct qcow2dedup *q, struct dedup_entry *e)
+/* Writes of the same content parked on writer @op go back to the worker's queue. */
+static void requeue_waiters(struct qcow2dedup *q, struct qcow2_op *op)
 {
 	unsigned long flags;
 
-	if (list_empty(&e->waiters))
+	if (list_empty(&op->dup_waiters))
 		return;
 	spin_lock_irqsave(&q->lock, flags);
-	list_splice_tail_init(&e->waiters, &q->hashed);
+	list_splice_tail_init(&op->dup_waiters, &q->hashed);
 	qcow2dedup_wake(q);
 	spin_unlock_irqrestore(&q->lock, flags);
 }
@@ -225,7 +225,7 @@ bool qcow2dedup_unindex_host(struct qcow2dedup *q, u64 host_off)
 		return false;
 	e = dedup_find_host(&q->index, host);
 	/* READY or UNKEYED: COPIED clusters are never WRITING. */
-	if (e && e->state != DEDUP_WRITING)
+	if (e && dedup_entry_state(e) != DEDUP_WRITING)
 		dedup_remove(&q->index, e);
 	return dedup_host_clearing(&q->index, host);
 }
@@ -273,7 +273,7 @@ bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster)
 	if (!q->dedup)
 		return false;
 	e = dedup_find_host(&q->index, host_cluster);
-	if (!e || e->state != DEDUP_READY || e->nr_refs != 1)
+	if (!e || dedup_entry_state(e) != DEDUP_READY || dedup_nr_refs(e) != 1)
 		return false;
 	*guest_cluster = e->guest;
 	return true;
@@ -311,7 +311,7 @@ static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
 	if (!q->table_lie_logged) {
 		q->table_lie_logged = true;
 		DMWARN("%s: table entry for host cluster %llu does not match the cluster: fixed",
-		       qcow2dedup_dev_name(q), e->host);
+		       qcow2dedup_dev_name(q), dedup_entry_host(e));
 	}
 	if (other)
 		dedup_remove(&q->index, e);
@@ -330,12 +330,12 @@ static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
 static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 		      struct dedup_entry *e, bool same)
 {
-	u64 host_off = e->host << cluster_bits(q), rc;
+	u64 host_off = dedup_entry_host(e) << cluster_bits(q), rc;
 
 	if (!same && (qcow2_md_refcount(q->md, host_off, &rc) ||
 		      !dedup_below_ceiling(rc, q->geo->refcount_order)))
 		return false;
-	if (!q->opt.verify && !e->unverified)
+	if (!q->opt.verify && !dedup_entry_unverified(e))
 		return true;
 	/* Indexed clusters are never written in place: the bytes are stable. */
 	if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size))
@@ -358,7 +358,7 @@ static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
 static int share(struct qcow2dedup *q, struct qcow2_op *op, struct dedup_entry *e)
 {
 	u64 guest_off = op->guest_cluster << cluster_bits(q), first;
-	u64 host_off = e->host << cluster_bits(q);
+	u64 host_off = dedup_entry_host(e) << cluster_bits(q);
 	int n, r;
 
 	r = qcow2dedup_prepare_write(q, guest_off);
@@ -396,7 +396,7 @@ static void submit_data(struct qcow2dedup *q, struct qcow2_op *op, bool index)
 	/* At the memory limit, or out of memory: the cluster stays unindexed. */
 	if (index)
 		dedup_insert_writing(&q->index, op->digest,
-				     op->host_off >> cluster_bits(q), &op->entry);
+				     op->host_off >> cluster_bits(q), op, &op->entry);
 	qcow2dedup_write_buffer(q, op);
 }
 
@@ -448,12 +448,12 @@ static int write_in_place(struct qcow2dedup *q, struct qcow2_op *op,
 	 * image (the load and the rebuild leave such clusters unindexed).
 	 * Never in place: the others would change too.
 	 */
-	if (old && old->nr_refs != 1)
+	if (old && dedup_nr_refs(old) != 1)
 		return write_new(q, op, false, true);
 	op->host_off = host_off;
 	op->in_place = true;
 	if (old && index) {
-		if (!dedup_rekey_writing(&q->index, old, op->digest))
+		if (!dedup_rekey_writing(&q->index, old, op->digest, op))
 			op->entry = old;
 		/* else -EEXIST, a caller bug: the cluster stays unindexed. */
 	} else if (old) {
@@ -510,7 +510,7 @@ void qcow2dedup_barrier_done(struct qcow2dedup *q)
 		list_del_init(&op->list);
 		if (r) {
 			if (op->entry) {
-				requeue_waiters(q, op->entry);
+				requeue_waiters(q, op);
 				dedup_remove(&q->index, op->entry);
 				op->entry = NULL;
 			}
@@ -570,14 +570,16 @@ static int decide(struct qcow2dedup *q, struct qcow2_op *op)
 		return write_zero(q, op);
 
 	e = dedup_find(&q->index, op->digest);
-	if (e && e->state == DEDUP_WRITING) {
+	if (e && dedup_entry_state(e) == DEDUP_WRITING) {
+		struct qcow2_op *writer = dedup_entry_writer(e);
+
 		/* The per-digest lock: wait for the first writer. */
-		list_add_tail(&op->list, &e->waiters);
+		list_add_tail(&op->list, &writer->dup_waiters);
 		return 0;
 	}
 	if (e) {
 		same = type == QCOW2_CLUSTER_NORMAL &&
-		       info.host_offset >> cluster_bits(q) == e->host;
+		       info.host_offset >> cluster_bits(q) == dedup_entry_host(e);
 		if (may_share(q, op, e, same)) {
 			if (same) {
 				/* The same contents again: nothing changes. */
@@ -645,7 +647,7 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 			return;
 		}
 		if (e) {
-			requeue_waiters(q, e);
+			requeue_waiters(q, op);
 			dedup_remove(&q->index, e);
 		}
 		qcow2dedup_op_release(q, op, status);
@@ -664,7 +666,7 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 	if (e) {
 		if (!r)
 			dedup_write_done(&q->index, e, op->guest_cluster);
-		requeue_waiters(q, e);
+		requeue_waiters(q, op);
 		if (r)
 			dedup_remove(&q->index, e);
 	}

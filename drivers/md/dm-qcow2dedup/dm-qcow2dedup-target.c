@@ -818,6 +818,7 @@ struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc
 	op->guest_cluster = gc;
 	op->bio = bio;
 	bio_list_init(&op->waiters);
+	INIT_LIST_HEAD(&op->dup_waiters);
 	return op;
 }
 

@@ -283,7 +283,8 @@ struct qcow2_bio {
  */
 struct qcow2_op {
 	struct rb_node node;		/* in @busy */
-	struct list_head list;		/* in @completed, @hashed or an entry's waiters */
+	struct list_head list;		/* in @completed, @hashed or a writer's @dup_waiters */
+	struct list_head dup_waiters;	/* writes of the same content waiting for this one */
 	struct qcow2dedup *q;
 	u64 guest_cluster;
 	u64 host_off;

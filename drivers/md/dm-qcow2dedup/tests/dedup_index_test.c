@@ -28,7 +28,8 @@ static bool sole_referrer(struct dedup_index *idx, u64 host, u64 guest)
 {
 	struct dedup_entry *e = dedup_find_host(idx, host);
 
-	return e && e->state == DEDUP_READY && e->nr_refs == 1 && e->guest == guest;
+	return e && dedup_entry_state(e) == DEDUP_READY && dedup_nr_refs(e) == 1 &&
+	       e->guest == guest;
 }
 
 static int index_init(struct kunit *test)
@@ -59,15 +60,15 @@ static void insert_find_order(struct kunit *test)
 
 	for (i = 0; i < ARRAY_SIZE(order); i++) {
 		digest_of(d, order[i]);
-		KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 100 + order[i], &e), 0);
-		KUNIT_EXPECT_EQ(test, e->state, DEDUP_WRITING);
+		KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 100 + order[i], NULL, &e), 0);
+		KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_WRITING);
 	}
 	KUNIT_EXPECT_EQ(test, idx->entries, (u64)ARRAY_SIZE(order));
 	for (i = 0; i < ARRAY_SIZE(order); i++) {
 		digest_of(d, order[i]);
 		e = dedup_find(idx, d);
 		KUNIT_ASSERT_NOT_NULL(test, e);
-		KUNIT_EXPECT_EQ(test, e->host, 100ULL + order[i]);
+		KUNIT_EXPECT_EQ(test, dedup_entry_host(e), 100ULL + order[i]);
 		KUNIT_EXPECT_PTR_EQ(test, dedup_find_host(idx, 100 + order[i]), e);
 		KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 100 + order[i]));
 	}
@@ -87,7 +88,7 @@ static void insert_find_order(struct kunit *test)
 	}
 	/* The same digest twice is a caller bug, refused. */
 	digest_of(d, 5);
-	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 999, &e), -EEXIST);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 999, NULL, &e), -EEXIST);
 	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 999));
 
 	/* Removal: gone from both structures, the others stay. */
@@ -110,7 +111,7 @@ static void short_digest(struct kunit *test)
 	dedup_index_destroy(idx);
 	dedup_index_init(idx, 8, 0);
 	memset(d, 0xab, sizeof(d));
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 1, &e), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 1, NULL, &e), 0);
 	memset(d2, 0xab, 8);
 	memset(d2 + 8, 0x55, sizeof(d2) - 8);	/* beyond the digest: ignored */
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d2), e);
@@ -127,29 +128,30 @@ static void hash_lock_wait_then_share(struct kunit *test)
 {
 	struct dedup_index *idx = test->priv;
 	struct dedup_entry *a, *seen;
-	struct list_head b_waiting;
+	int writer_a;
 	u8 d[DEDUP_KEY_MAX];
 	u64 first = 0;
 
-	INIT_LIST_HEAD(&b_waiting);
 	digest_of(d, 1);
 	KUNIT_ASSERT_NULL(test, dedup_find(idx, d));		/* A: miss */
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 50, &a), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 50, &writer_a, &a), 0);
 	seen = dedup_find(idx, d);				/* B */
 	KUNIT_ASSERT_PTR_EQ(test, seen, a);
-	KUNIT_EXPECT_EQ(test, seen->state, DEDUP_WRITING);
-	list_add_tail(&b_waiting, &seen->waiters);		/* B waits */
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(seen), DEDUP_WRITING);
+	/* B waits on A's writer, which the entry names. */
+	KUNIT_EXPECT_PTR_EQ(test, dedup_entry_writer(seen), (void *)&writer_a);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(seen), 0U);
 	/* No referrer yet: a drop for the cluster changes nothing. */
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 50, 10), DEDUP_DROP_NONE);
 	dedup_write_done(idx, a, 10);				/* A done */
-	KUNIT_EXPECT_EQ(test, a->state, DEDUP_READY);
-	KUNIT_EXPECT_FALSE(test, list_empty(&a->waiters));
-	list_del_init(&b_waiting);				/* B requeued */
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(a), DEDUP_READY);
+	KUNIT_EXPECT_NULL(test, dedup_entry_writer(a));
+	KUNIT_EXPECT_EQ(test, a->guest, 10ULL);			/* B requeued */
 	seen = dedup_find(idx, d);
 	KUNIT_ASSERT_PTR_EQ(test, seen, a);
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, seen, 20, &first, GFP_KERNEL), 1);
 	KUNIT_EXPECT_EQ(test, first, 10ULL);			/* clear its COPIED */
-	KUNIT_EXPECT_EQ(test, a->nr_refs, 2U);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(a), 2U);
 }
 
 /* A's write fails: B, woken, misses and becomes the writer itself. */
@@ -157,19 +159,17 @@ static void hash_lock_writer_fails(struct kunit *test)
 {
 	struct dedup_index *idx = test->priv;
 	struct dedup_entry *a, *b;
-	struct list_head b_waiting;
+	int writer_a;
 	u8 d[DEDUP_KEY_MAX];
 
-	INIT_LIST_HEAD(&b_waiting);
 	digest_of(d, 2);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 60, &a), 0);
-	list_add_tail(&b_waiting, &dedup_find(idx, d)->waiters);
-	list_del_init(&b_waiting);				/* requeue, then */
-	dedup_remove(idx, a);					/* forget A */
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 60, &writer_a, &a), 0);
+	KUNIT_EXPECT_PTR_EQ(test, dedup_entry_writer(dedup_find(idx, d)), (void *)&writer_a);
+	dedup_remove(idx, a);					/* requeue, forget A */
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 60));
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 61, &b), 0);
-	KUNIT_EXPECT_EQ(test, b->host, 61ULL);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 61, NULL, &b), 0);
+	KUNIT_EXPECT_EQ(test, dedup_entry_host(b), 61ULL);
 	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
 }
 
@@ -185,13 +185,13 @@ static void overwrite_before_share(struct kunit *test)
 	u8 d[DEDUP_KEY_MAX];
 
 	digest_of(d, 3);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 70, &a), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 70, NULL, &a), 0);
 	dedup_write_done(idx, a, 5);
 	/* In place: unindexed first, so the sharer misses. */
 	dedup_remove(idx, a);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 71, &a), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 71, NULL, &a), 0);
 	dedup_write_done(idx, a, 6);
 	/* Discard of the only referrer: the entry goes at once. */
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 71, 6), DEDUP_DROP_GONE);
@@ -209,7 +209,7 @@ static void copied_transitions(struct kunit *test)
 	u8 d[DEDUP_KEY_MAX];
 
 	digest_of(d, 4);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 80, &e), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 80, NULL, &e), 0);
 	dedup_write_done(idx, e, 100);
 	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 80, 100));
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 101, &first, GFP_KERNEL), 1);
@@ -219,7 +219,7 @@ static void copied_transitions(struct kunit *test)
 	/* Many referrers: the array grows. */
 	for (g = 102; g < 110; g++)
 		KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, g, &first, GFP_KERNEL), (int)(g - 100));
-	KUNIT_EXPECT_EQ(test, e->nr_refs, 10U);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 10U);
 	KUNIT_EXPECT_EQ(test, idx->extra_refs, 9ULL);
 	/* A referrer the index never knew: nothing. */
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 80, 999), DEDUP_DROP_NONE);
@@ -260,20 +260,20 @@ static void rekey_in_place(struct kunit *test)
 	digest_of(d1, 5);
 	digest_of(d2, 6);
 	digest_of(d3, 7);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 90, &e), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 90, NULL, &e), 0);
 	dedup_write_done(idx, e, 9);
-	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, e, d2), 0);
+	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, e, d2, NULL), 0);
 	KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 90));
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d1));
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d2), e);
-	KUNIT_EXPECT_EQ(test, e->state, DEDUP_WRITING);
-	KUNIT_EXPECT_EQ(test, e->nr_refs, 0U);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_WRITING);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 0U);
 	dedup_write_done(idx, e, 9);
 	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, 90, 9));
 	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
 	/* Re-keying onto a digest another entry has: refused, entry gone. */
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d3, 91, &other), 0);
-	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d3), -EEXIST);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d3, 91, NULL, &other), 0);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d3, NULL), -EEXIST);
 	KUNIT_EXPECT_FALSE(test, dedup_host_indexed(idx, 90));
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d3), other);
 	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
@@ -293,12 +293,12 @@ static void rekey_refuses_shared(struct kunit *test)
 
 	digest_of(d1, 20);
 	digest_of(d2, 21);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 95, &e), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d1, 95, NULL, &e), 0);
 	dedup_write_done(idx, e, 9);
 	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 10, &first, GFP_KERNEL), 1);
-	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
-	KUNIT_EXPECT_EQ(test, e->state, DEDUP_READY);
-	KUNIT_EXPECT_EQ(test, e->nr_refs, 2U);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2, NULL), -EBUSY);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_READY);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 2U);
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d1), e);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d2));
 	KUNIT_EXPECT_EQ(test, idx->shared, 1ULL);
@@ -310,11 +310,11 @@ static void rekey_refuses_shared(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 96, NULL, &e, GFP_KERNEL), 0);
 	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 11, &first, GFP_KERNEL), 0);
 	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 12, &first, GFP_KERNEL), 1);
-	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
-	KUNIT_EXPECT_EQ(test, e->state, DEDUP_UNKEYED);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2, NULL), -EBUSY);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_UNKEYED);
 	/* And with no referrer at all (not a guest cluster's): refused. */
 	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 97, NULL, &e, GFP_KERNEL), 0);
-	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2), -EBUSY);
+	KUNIT_EXPECT_EQ(test, dedup_rekey_writing(idx, e, d2, NULL), -EBUSY);
 }
 
 /*
@@ -336,19 +336,19 @@ static void rekey_to_true_digest(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 1, &first, GFP_KERNEL), 0);
 	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, e, 2, &first, GFP_KERNEL), 1);
 	KUNIT_ASSERT_EQ(test, dedup_key(idx, e, NULL), 0);
-	KUNIT_EXPECT_TRUE(test, e->unverified);
+	KUNIT_EXPECT_TRUE(test, dedup_entry_unverified(e));
 	KUNIT_ASSERT_EQ(test, dedup_rekey(idx, e, truth), 0);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, lie));
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, truth), e);
-	KUNIT_EXPECT_EQ(test, e->nr_refs, 2U);
-	KUNIT_EXPECT_FALSE(test, e->unverified);
-	KUNIT_EXPECT_FALSE(test, e->persisted);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 2U);
+	KUNIT_EXPECT_FALSE(test, dedup_entry_unverified(e));
+	KUNIT_EXPECT_FALSE(test, dedup_entry_persisted(e));
 	/* The lying slot must be zeroed, the true key written. */
 	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 120));
 	KUNIT_EXPECT_TRUE(test, xa_get_mark(&idx->by_host, 120, DEDUP_MARK_DIRTY));
 	KUNIT_EXPECT_EQ(test, idx->entries, 1ULL);
 
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, other_d, 121, &other), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, other_d, 121, NULL, &other), 0);
 	KUNIT_EXPECT_EQ(test, dedup_rekey(idx, e, other_d), -EEXIST);
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, other_d), other);
 	KUNIT_EXPECT_NULL(test, dedup_find_host(idx, 120));
@@ -369,14 +369,14 @@ static void referrers_bounded(struct kunit *test)
 	dedup_index_destroy(idx);
 	dedup_index_init(idx, 32, dedup_entry_bytes() + 64 * sizeof(u64));
 	digest_of(d, 40);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 130, &e), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 130, NULL, &e), 0);
 	dedup_write_done(idx, e, 0);
 	for (g = 1; g < 1000 && r >= 0; g++)
 		r = dedup_add_ref(idx, e, g, &first, GFP_KERNEL);
 	KUNIT_EXPECT_EQ(test, r, -ENOSPC);
 	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), idx->limit_bytes);
-	KUNIT_EXPECT_EQ(test, (u64)e->nr_refs, g - 1);
-	KUNIT_EXPECT_EQ(test, idx->extra_refs, (u64)e->nr_refs - 1);
+	KUNIT_EXPECT_EQ(test, (u64)dedup_nr_refs(e), g - 1);
+	KUNIT_EXPECT_EQ(test, idx->extra_refs, (u64)dedup_nr_refs(e) - 1);
 }
 
 /*
@@ -395,13 +395,13 @@ static void memory_limit(struct kunit *test)
 	dedup_index_init(idx, 32, 4 * dedup_entry_bytes());
 	for (i = 0; i < 3; i++) {
 		digest_of(d, i);
-		KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, i, &e), 0);
+		KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, i, NULL, &e), 0);
 		dedup_write_done(idx, e, 100 + i);
 		if (!first_e)
 			first_e = e;
 	}
 	digest_of(d, 3);
-	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), -ENOSPC);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, NULL, &e), -ENOSPC);
 	KUNIT_EXPECT_EQ(test, idx->entries, 3ULL);
 	KUNIT_EXPECT_LE(test, dedup_index_bytes(idx), 3 * (u64)dedup_entry_bytes());
 	/* The full index still shares what it has (this failed before). */
@@ -414,11 +414,71 @@ static void memory_limit(struct kunit *test)
 	/* Arrays take room from new entries too: still full after one goes. */
 	dedup_remove(idx, dedup_find(idx, d));
 	digest_of(d, 3);
-	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), -ENOSPC);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, NULL, &e), -ENOSPC);
 	/* Room again once the shared entry and its array go. */
 	dedup_remove(idx, first_e);
-	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, &e), 0);
+	KUNIT_EXPECT_EQ(test, dedup_insert_writing(idx, d, 3, NULL, &e), 0);
 	KUNIT_EXPECT_GE(test, dedup_entry_bytes(), sizeof(struct dedup_entry));
+}
+
+/*
+ * The entry's layout: 72 bytes on 64-bit; the host cluster index and the
+ * flags share a word without disturbing each other, at the largest index
+ * a qcow2 offset can name; referrer arrays grow in powers of two.
+ */
+static void entry_layout(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	u64 host = DEDUP_HOST_MASK, first, g;
+	struct dedup_entry *e;
+	u8 d[DEDUP_KEY_MAX];
+	int writer;
+
+	if (IS_ENABLED(CONFIG_64BIT))
+		KUNIT_EXPECT_EQ(test, sizeof(struct dedup_entry), 72UL);
+	digest_of(d, 50);
+	KUNIT_EXPECT_EQ(test, dedup_insert_unkeyed(idx, host + 1, d, &e, GFP_KERNEL), -ENOSPC);
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, host, d, &e, GFP_KERNEL), 0);
+	dedup_entry_set_copied_ref(e);
+	KUNIT_EXPECT_EQ(test, dedup_entry_host(e), host);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_UNKEYED);
+	KUNIT_EXPECT_TRUE(test, dedup_entry_persisted(e));
+	KUNIT_EXPECT_TRUE(test, dedup_entry_unverified(e));
+	KUNIT_EXPECT_TRUE(test, dedup_entry_copied_ref(e));
+	KUNIT_EXPECT_PTR_EQ(test, dedup_find_host(idx, host), e);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 7, &first, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_key(idx, e, NULL), 0);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(e), DEDUP_READY);
+	KUNIT_EXPECT_EQ(test, dedup_entry_host(e), host);
+	/* Referrer arrays: 3, 7, 15 slots (32, 64, 128 bytes). */
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, 8, &first, GFP_KERNEL), 1);
+	KUNIT_EXPECT_EQ(test, first, 7ULL);
+	KUNIT_EXPECT_EQ(test, idx->array_bytes, 32ULL);
+	for (g = 9; g < 12; g++)
+		KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, e, g, &first, GFP_KERNEL), (int)(g - 7));
+	KUNIT_EXPECT_EQ(test, idx->array_bytes, 64ULL);
+	for (g = 12; g < 16; g++)
+		dedup_add_ref(idx, e, g, &first, GFP_KERNEL);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 9U);
+	KUNIT_EXPECT_EQ(test, idx->array_bytes, 128ULL);
+	KUNIT_EXPECT_EQ(test, dedup_entry_host(e), host);
+	KUNIT_EXPECT_TRUE(test, dedup_entry_copied_ref(e));
+	for (g = 7; g < 15; g++)
+		dedup_drop_ref(idx, host, g);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 1U);
+	KUNIT_EXPECT_EQ(test, e->guest, 15ULL);
+	KUNIT_EXPECT_EQ(test, idx->array_bytes, 0ULL);
+	/* Rewritten in place: WRITING, no referrer, the writer named. */
+	digest_of(d, 51);
+	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, e, d, &writer), 0);
+	KUNIT_EXPECT_PTR_EQ(test, dedup_entry_writer(e), (void *)&writer);
+	KUNIT_EXPECT_EQ(test, dedup_nr_refs(e), 0U);
+	KUNIT_EXPECT_FALSE(test, dedup_entry_persisted(e));
+	KUNIT_EXPECT_FALSE(test, dedup_entry_unverified(e));
+	KUNIT_EXPECT_EQ(test, dedup_entry_host(e), host);
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, host));
+	dedup_write_done(idx, e, 16);
+	KUNIT_EXPECT_TRUE(test, sole_referrer(idx, host, 16));
 }
 
 /* The refcount ceiling of every width: 2^bits - 1 takes no more. */
@@ -468,6 +528,7 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(memory_limit),
 	KUNIT_CASE(refcount_ceiling),
 	KUNIT_CASE(zero_detection),
+	KUNIT_CASE(entry_layout),
 	{}
 };
 

@@ -372,7 +372,7 @@ static void dirty_tracking(struct kunit *test)
 
 	/* A new cluster: WRITING is not dirty, READY is. */
 	key_of(d, 1);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 10, &a), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 10, NULL, &a), 0);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	dedup_write_done(idx, a, 100);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 1ULL);
@@ -418,7 +418,7 @@ static void dirty_tracking(struct kunit *test)
 
 	/* A never-persisted entry removed: nothing to clear. */
 	key_of(d, 2);
-	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 20, &b), 0);
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 20, NULL, &b), 0);
 	dedup_write_done(idx, b, 200);
 	dedup_remove(idx, b);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 1ULL);
@@ -427,15 +427,15 @@ static void dirty_tracking(struct kunit *test)
 	/* Loaded from the table: persisted, keyed without becoming dirty. */
 	key_of(d, 3);
 	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 30, d, &c, GFP_KERNEL), 0);
-	KUNIT_EXPECT_EQ(test, c->state, DEDUP_UNKEYED);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(c), DEDUP_UNKEYED);
 	KUNIT_EXPECT_NULL(test, dedup_find(idx, d));
 	KUNIT_EXPECT_TRUE(test, dedup_host_indexed(idx, 30));
 	/* A slot read from an image is a hint until its cluster is compared. */
-	KUNIT_EXPECT_TRUE(test, c->unverified);
+	KUNIT_EXPECT_TRUE(test, dedup_entry_unverified(c));
 	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, c, 300, &first, GFP_KERNEL), 0);
 	KUNIT_ASSERT_EQ(test, dedup_key(idx, c, NULL), 0);
-	KUNIT_EXPECT_EQ(test, c->state, DEDUP_READY);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(c), DEDUP_READY);
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, d), c);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->persisted, 1ULL);
@@ -443,12 +443,12 @@ static void dirty_tracking(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, idx->unverified, 1ULL);
 	/* Overwritten in place: the old slot goes, the new key is dirty later. */
 	key_of(d, 4);
-	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, c, d), 0);
+	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, c, d, NULL), 0);
 	KUNIT_EXPECT_EQ(test, idx->nr_clears, 2ULL);
 	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 30));
 	KUNIT_EXPECT_PTR_EQ(test, dedup_find_host(idx, 30), c);
-	KUNIT_EXPECT_FALSE(test, c->persisted);
-	KUNIT_EXPECT_FALSE(test, c->unverified);
+	KUNIT_EXPECT_FALSE(test, dedup_entry_persisted(c));
+	KUNIT_EXPECT_FALSE(test, dedup_entry_unverified(c));
 	KUNIT_EXPECT_EQ(test, idx->unverified, 0ULL);
 	KUNIT_EXPECT_EQ(test, idx->dirty, 0ULL);
 	dedup_write_done(idx, c, 300);
@@ -456,10 +456,10 @@ static void dirty_tracking(struct kunit *test)
 
 	/* A rebuilt cluster whose digest another entry has stays unkeyed. */
 	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 40, NULL, &b, GFP_KERNEL), 0);
-	KUNIT_EXPECT_FALSE(test, b->persisted);
+	KUNIT_EXPECT_FALSE(test, dedup_entry_persisted(b));
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, b, 400, &first, GFP_KERNEL), 0);
 	KUNIT_EXPECT_EQ(test, dedup_key(idx, b, d), -EEXIST);
-	KUNIT_EXPECT_EQ(test, b->state, DEDUP_UNKEYED);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(b), DEDUP_UNKEYED);
 	KUNIT_EXPECT_EQ(test, idx->unkeyed, 1ULL);
 	/* Its guest cluster rewritten meanwhile: the entry goes. */
 	KUNIT_EXPECT_EQ(test, dedup_drop_ref(idx, 40, 400), DEDUP_DROP_GONE);
