@@ -10,7 +10,8 @@ Writes, as the target would (include/uapi/qcow2dedup/dedup-table.h):
     with refcount 1 and referenced by no qcow2 structure (qemu-img check
     reports them as leaked);
   - one 32-byte slot per allocated data cluster of the active L1 table: its
-    digest cut or zero-padded to key_len, then zero-padded to 32 bytes;
+    digest cut or zero-padded to key_len (default: the digest's length, at
+    most 24 bytes, as the target keeps it), then zero-padded to 32 bytes;
   - the QCOW2_EXT_DEDUP_TABLE header extension, inserted before the end
     marker (a backing file name after the extensions is moved behind the new
     end marker and backing_file_offset updated), and "dedup table" in the
@@ -37,6 +38,7 @@ INCOMPAT_EXTL2 = 1 << 4
 QDT_VERSION = 1
 QDT_FLAG_OPEN = 1
 SLOT = 32
+TARGET_KEY = 24
 L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 OFLAG_COMPRESSED = 1 << 62
@@ -204,7 +206,8 @@ def main():
 
     img = Image(a.image)
     fn = digest_fn(a.hash)
-    key_len = a.key_len or min(len(fn(b"")), SLOT)
+    # As the target keeps them (DEDUP_KEY_MAX): at most 24 bytes.
+    key_len = a.key_len or min(len(fn(b"")), TARGET_KEY)
     if not 1 <= key_len <= SLOT:
         die("key_len must be 1..32")
     slot_bits, ptr_bits = img.cluster_bits - 5, img.cluster_bits - 3

@@ -57,8 +57,13 @@
 #include <linux/types.h>
 #include <linux/xarray.h>
 
-/* Digest bytes kept per entry: 256 bits; longer digests are truncated. */
-#define DEDUP_KEY_MAX	32
+/*
+ * Digest bytes kept per entry, and in the table's slots (its key_len):
+ * 192 bits, longer digests are truncated.  A collision of a 192-bit cut
+ * of sha256 or blake2b takes about 2^96 work; the target already accepts
+ * 128-bit digests without verify.  It keeps the entry at 64 bytes.
+ */
+#define DEDUP_KEY_MAX	24
 
 enum dedup_state {
 	DEDUP_WRITING,
@@ -101,7 +106,7 @@ struct dedup_refs {
 };
 
 /*
- * 72 bytes on 64-bit: the rbtree node, the key, one word for the host and
+ * 64 bytes on 64-bit: the rbtree node, the key, one word for the host and
  * the flags, one for the referrer (or the referrer array, or the writer).
  */
 struct dedup_entry {

@@ -145,10 +145,11 @@ static void rebuild_work(struct work_struct *ws)
 /* An entry whose refcount is its number of referrers (worker). */
 static bool refs_exact(struct qcow2dedup *q, struct dedup_entry *e)
 {
+	u32 refs = dedup_nr_refs(e);
 	u64 rc;
 
-	return dedup_nr_refs(e) && !qcow2_md_refcount(q->md, dedup_entry_host(e) << cbits(q), &rc) &&
-	       rc == dedup_nr_refs(e);
+	return refs && !qcow2_md_refcount(q->md, dedup_entry_host(e) << cbits(q), &rc) &&
+	       rc == refs;
 }
 
 /* Worker: the hashed batch; entries still UNKEYED take their digest. */

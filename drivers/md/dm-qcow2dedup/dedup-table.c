@@ -340,14 +340,16 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 			return r;
 	}
 	xa_for_each(&q->index.by_host, host, e) {
+		u32 refs;
 		u64 rc;
 
 		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
 		if (r)
 			return r;
-		if (dedup_nr_refs(e) >= 2 && dedup_entry_copied_ref(e)) {
-			qcow2dedup_shared_copied(q, dedup_entry_host(e), dedup_nr_refs(e));
-		} else if (dedup_nr_refs(e) && rc == dedup_nr_refs(e) && !dedup_key(&q->index, e, NULL)) {
+		refs = dedup_nr_refs(e);
+		if (refs >= 2 && dedup_entry_copied_ref(e)) {
+			qcow2dedup_shared_copied(q, dedup_entry_host(e), refs);
+		} else if (refs && rc == refs && !dedup_key(&q->index, e, NULL)) {
 			q->table.loaded++;
 			continue;
 		}
@@ -803,6 +805,7 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 {
 	struct qcow2dedup_table *t = &q->table;
 	struct dedup_index *idx = &q->index;
+	u8 slot[QDT_SLOT_SIZE] = {};
 	struct xarray fresh;
 	struct dedup_entry *e;
 	unsigned long host;
@@ -842,9 +845,11 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 			if (r)
 				break;
 		}
+		/* The key, zero-padded to the slot (key_len <= DEDUP_KEY_MAX). */
+		memcpy(slot, e->key, DEDUP_KEY_MAX);
 		r = qcow2_md_write_bytes(q->md, t->leaves[leaf] +
 					 (u64)qdt_slot_of(&t->shape, host) * QDT_SLOT_SIZE,
-					 e->key, QDT_SLOT_SIZE);
+					 slot, QDT_SLOT_SIZE);
 		if (!r)
 			dedup_set_persisted(idx, e);
 		any = true;

@@ -74,6 +74,7 @@
  *	(informational; the slots are the truth).
  * @generation: how many activations have opened the table for writing.
  * @key_len: digest bytes a slot holds (1..QDT_SLOT_SIZE); the rest is zero.
+ *	The target writes the digest's length, at most 24 (its in-memory key).
  * @reserved: zero.
  * @hash: the kernel crypto API name of the digest ("sha256"), NUL-padded.
  */
