@@ -108,7 +108,9 @@ want_stat s1.stats index_entries -lt 20000
 cap=$(val s1.stats index_entries)
 hits=$(($(val s1b.stats dedup_hits) - $(val s1.stats dedup_hits)))
 [ "$hits" = 100 ] || fail "copies of the first and the last 100 clusters: $hits hits, want 100 (the first only)"
-want_stat s1c.stats index_entries -le 200
+# The discard took the entries of the indexed clusters among the first
+# 10240 (all of them while an entry cost 113 bytes; 10773 fit at 73).
+want_stat s1c.stats index_entries -le $((cap > 10240 ? cap - 10240 + 200 : 200))
 hits=$(($(val s1d.stats dedup_hits) - $(val s1c.stats dedup_hits)))
 [ "$hits" = 100 ] || fail "after the discard: $hits hits for a copy of 100 new clusters, want 100"
 log "1: the index stopped at $cap entries ($(val s1.stats index_bytes) of $lim bytes); room came back after a discard"
