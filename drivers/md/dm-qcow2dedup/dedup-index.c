@@ -5,7 +5,9 @@
  */
 #include <kunit/visibility.h>
 #include <linux/slab.h>
+#include <linux/sort.h>
 #include <linux/string.h>
+#include <linux/unaligned.h>
 
 #include "dedup-index.h"
 #include "qcow2-format.h"
@@ -349,6 +351,151 @@ int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
 	return 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_key);
+
+/*
+ * Keying a whole loaded table at once.  Inserting a million random keys one
+ * by one into the tree costs a cache miss per level (1.3 us each at the end
+ * of a 1M-entry load in UML, 70% of the load); keys in ascending order each
+ * go right of the last one, a link and a recolouring at the right edge.
+ */
+static int sort_ref_cmp(const void *a, const void *b)
+{
+	const struct dedup_sort_ref *x = a, *y = b;
+
+	if (x->prefix != y->prefix)
+		return x->prefix < y->prefix ? -1 : 1;
+	return memcmp(x->e->key, y->e->key, DEDUP_KEY_MAX);
+}
+
+/* Below this, sort() alone is cheaper than four counting passes. */
+#define SORT_RADIX_MIN		4096
+#define SORT_RADIX_BITS		16
+
+static unsigned int radix_digit(u64 prefix, unsigned int shift)
+{
+	return (prefix >> shift) & (BIT(SORT_RADIX_BITS) - 1);
+}
+
+/**
+ * dedup_sort_refs() - order entries by key, as the tree does.
+ * @a: the entries, each with the first 8 bytes of its key (big-endian).
+ * @tmp: scratch, @n items.
+ * @count: scratch, BIT(SORT_RADIX_BITS) counters (unused below
+ *	SORT_RADIX_MIN).
+ * @n: number of entries.
+ *
+ * A stable radix sort of the prefixes in four 16-bit passes, then sort() of
+ * each run of equal prefixes by the whole key: O(n) for digests, and still
+ * O(n log n) for a crafted table whose keys all share a prefix.
+ */
+void dedup_sort_refs(struct dedup_sort_ref *a, struct dedup_sort_ref *tmp,
+		     u32 *count, unsigned long n)
+{
+	struct dedup_sort_ref *src = a, *dst = tmp;
+	unsigned long i, j;
+	unsigned int shift;
+
+	if (n < SORT_RADIX_MIN) {
+		sort(a, n, sizeof(*a), sort_ref_cmp, NULL);
+		return;
+	}
+	for (shift = 0; shift < 64; shift += SORT_RADIX_BITS) {
+		u32 sum = 0, c;
+
+		memset(count, 0, sizeof(u32) << SORT_RADIX_BITS);
+		for (i = 0; i < n; i++)
+			count[radix_digit(src[i].prefix, shift)]++;
+		for (i = 0; i < BIT(SORT_RADIX_BITS); i++) {
+			c = count[i];
+			count[i] = sum;
+			sum += c;
+		}
+		for (i = 0; i < n; i++)
+			dst[count[radix_digit(src[i].prefix, shift)]++] = src[i];
+		swap(src, dst);
+	}
+	/* An even number of passes: the result is back in @a. */
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && a[j].prefix == a[i].prefix; j++)
+			;
+		if (j - i > 1)
+			sort(a + i, j - i, sizeof(*a), sort_ref_cmp, NULL);
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_sort_refs);
+
+/* The tree is empty and @a is in key order: append each at the right edge. */
+static unsigned long key_sorted(struct dedup_index *idx, struct dedup_sort_ref *a,
+				unsigned long n, struct dedup_entry **refused)
+{
+	struct dedup_entry *last = NULL;
+	unsigned long i, nr_refused = 0;
+
+	for (i = 0; i < n; i++) {
+		struct dedup_entry *e = a[i].e;
+
+		if (last && !memcmp(last->key, e->key, DEDUP_KEY_MAX)) {
+			refused[nr_refused++] = e;
+			continue;
+		}
+		if (last)
+			rb_link_node(&e->node, &last->node, &last->node.rb_right);
+		else
+			rb_link_node(&e->node, NULL, &idx->by_digest.rb_node);
+		rb_insert_color(&e->node, &idx->by_digest);
+		set_state(e, DEDUP_READY);
+		if (!dedup_entry_persisted(e))
+			mark_dirty(idx, e);
+		last = e;
+	}
+	WRITE_ONCE(idx->unkeyed, idx->unkeyed - (n - nr_refused));
+	WRITE_ONCE(idx->entries, idx->entries + (n - nr_refused));
+	return nr_refused;
+}
+
+/**
+ * dedup_key_many() - dedup_key(@idx, e, NULL) for each of @es.
+ * @idx: index.
+ * @es: UNKEYED entries with their keys and referrers; on return the first
+ *	ones (as many as returned) are those refused, in no order: another
+ *	entry has their key, and the caller removes them.
+ * @n: number of entries.
+ *
+ * Into an empty tree, the entries are sorted and appended in key order;
+ * otherwise, or when memory for the sort is short, keyed one at a time.
+ * Return: how many were refused.
+ */
+unsigned long dedup_key_many(struct dedup_index *idx, struct dedup_entry **es,
+			     unsigned long n)
+{
+	struct dedup_sort_ref *a = NULL, *tmp = NULL;
+	unsigned long i, nr_refused = 0;
+	u32 *count = NULL;
+
+	if (RB_EMPTY_ROOT(&idx->by_digest) && n) {
+		a = kvmalloc_array(n, sizeof(*a), GFP_KERNEL | __GFP_NOWARN);
+		tmp = kvmalloc_array(n, sizeof(*tmp), GFP_KERNEL | __GFP_NOWARN);
+		count = kvmalloc_array(BIT(SORT_RADIX_BITS), sizeof(u32),
+				       GFP_KERNEL | __GFP_NOWARN);
+	}
+	if (a && tmp && count) {
+		for (i = 0; i < n; i++) {
+			a[i].prefix = get_unaligned_be64(es[i]->key);
+			a[i].e = es[i];
+		}
+		dedup_sort_refs(a, tmp, count, n);
+		nr_refused = key_sorted(idx, a, n, es);
+	} else {
+		for (i = 0; i < n; i++)
+			if (dedup_key(idx, es[i], NULL))
+				es[nr_refused++] = es[i];
+	}
+	kvfree(count);
+	kvfree(tmp);
+	kvfree(a);
+	return nr_refused;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_key_many);
 
 /**
  * dedup_write_done() - the data of a WRITING entry is on the device and

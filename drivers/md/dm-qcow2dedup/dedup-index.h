@@ -224,6 +224,17 @@ enum dedup_drop dedup_drop_ref(struct dedup_index *idx, u64 host, u64 guest);
 int dedup_insert_unkeyed(struct dedup_index *idx, u64 host, const u8 *key,
 			 struct dedup_entry **entry, gfp_t gfp);
 int dedup_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest);
+unsigned long dedup_key_many(struct dedup_index *idx, struct dedup_entry **es,
+			     unsigned long n);
+
+/* dedup_sort_refs()'s item: an entry and its key's first 8 bytes, big-endian. */
+struct dedup_sort_ref {
+	u64 prefix;
+	struct dedup_entry *e;
+};
+
+void dedup_sort_refs(struct dedup_sort_ref *a, struct dedup_sort_ref *tmp,
+		     u32 *count, unsigned long n);
 void dedup_set_persisted(struct dedup_index *idx, struct dedup_entry *e);
 void dedup_set_unverified(struct dedup_index *idx, struct dedup_entry *e, bool v);
 int dedup_record_clear(struct dedup_index *idx, u64 host, gfp_t gfp);

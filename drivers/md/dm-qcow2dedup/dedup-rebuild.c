@@ -17,8 +17,9 @@
  * of a cluster the target had shared) gets its flag back on the way.
  *
  * Hash.  wait_for_readers() drains in-place writes map() sent before the
- * entries existed, so the bytes read next are stable.  A work item on
- * hash_wq reads and hashes a batch; back in the worker, an entry still
+ * entries existed, so the bytes read next are stable.  Work items on
+ * hash_wq read and hash batches, REBUILD_BATCHES of them out at a time so
+ * that reading one overlaps hashing another; back in the worker, an entry still
  * UNKEYED (nothing wrote, freed or re-keyed the cluster since: all of that
  * goes through the worker and changes or removes the entry) takes its
  * digest and becomes READY, and the next table flush writes it.  Content
@@ -44,29 +45,50 @@ static void rebuild_work(struct work_struct *ws);
 int qcow2dedup_rebuild_init(struct qcow2dedup *q)
 {
 	struct qcow2dedup_rebuild *rb;
+	unsigned int i;
 
 	rb = kvzalloc(sizeof(*rb), GFP_KERNEL);
 	if (!rb)
 		return -ENOMEM;
-	rb->max_items = clamp_t(u64, REBUILD_BATCH_BYTES >> cbits(q), 1, REBUILD_BATCH);
-	rb->buf = kvmalloc((size_t)rb->max_items << cbits(q), GFP_KERNEL);
-	if (!rb->buf) {
-		kvfree(rb);
-		return -ENOMEM;
-	}
 	rb->q = q;
-	INIT_WORK(&rb->work, rebuild_work);
 	q->rebuild = rb;
+	rb->max_items = clamp_t(u64, REBUILD_BATCH_BYTES >> cbits(q), 1, REBUILD_BATCH);
+	for (i = 0; i < REBUILD_BATCHES; i++) {
+		struct qcow2dedup_rebuild_batch *b = &rb->batch[i];
+
+		b->rb = rb;
+		INIT_WORK(&b->work, rebuild_work);
+		b->buf = kvmalloc((size_t)rb->max_items << cbits(q), GFP_KERNEL);
+		if (!b->buf) {
+			qcow2dedup_rebuild_free(q);
+			return -ENOMEM;
+		}
+	}
 	return 0;
 }
 
 void qcow2dedup_rebuild_free(struct qcow2dedup *q)
 {
+	unsigned int i;
+
 	if (!q->rebuild)
 		return;
-	kvfree(q->rebuild->buf);
+	for (i = 0; i < REBUILD_BATCHES; i++)
+		kvfree(q->rebuild->batch[i].buf);
 	kvfree(q->rebuild);
 	q->rebuild = NULL;
+}
+
+/* Forget the batches (quiesced: none is out). */
+static void drop_batches(struct qcow2dedup_rebuild *rb)
+{
+	unsigned int i;
+
+	for (i = 0; i < REBUILD_BATCHES; i++) {
+		rb->batch[i].out = false;
+		rb->batch[i].done = false;
+		rb->batch[i].n = 0;
+	}
 }
 
 /**
@@ -82,9 +104,7 @@ void qcow2dedup_rebuild_reset(struct qcow2dedup *q)
 		return;
 	WRITE_ONCE(rb->active, false);
 	WRITE_ONCE(rb->requested, false);
-	rb->batch_out = false;
-	rb->batch_done = false;
-	rb->n = 0;
+	drop_batches(rb);
 }
 
 /**
@@ -98,9 +118,7 @@ void qcow2dedup_rebuild_rehash(struct qcow2dedup *q)
 
 	if (!rb || !rb->active)
 		return;
-	rb->batch_out = false;
-	rb->batch_done = false;
-	rb->n = 0;
+	drop_batches(rb);
 	if (rb->phase == REBUILD_HASH)
 		rb->next_host = 0;
 }
@@ -111,21 +129,22 @@ void qcow2dedup_rebuild_rehash(struct qcow2dedup *q)
  */
 static void rebuild_work(struct work_struct *ws)
 {
-	struct qcow2dedup_rebuild *rb = container_of(ws, struct qcow2dedup_rebuild, work);
-	struct qcow2dedup *q = rb->q;
+	struct qcow2dedup_rebuild_batch *b =
+		container_of(ws, struct qcow2dedup_rebuild_batch, work);
+	struct qcow2dedup *q = b->rb->q;
 	u32 cs = q->geo->cluster_size;
 	unsigned int i, j, k;
 
-	for (i = 0; i < rb->n; i = j) {
+	for (i = 0; i < b->n; i = j) {
 		int err;
 
-		for (j = i + 1; j < rb->n && rb->item[j].host == rb->item[j - 1].host + 1; j++)
+		for (j = i + 1; j < b->n && b->item[j].host == b->item[j - 1].host + 1; j++)
 			;
-		err = qcow2dedup_sync_io(q, REQ_OP_READ, rb->buf, rb->item[i].host << cbits(q),
+		err = qcow2dedup_sync_io(q, REQ_OP_READ, b->buf, b->item[i].host << cbits(q),
 					 (u64)(j - i) * cs);
 		for (k = i; k < j; k++) {
-			struct qcow2dedup_rebuild_item *it = &rb->item[k];
-			void *data = rb->buf + (size_t)(k - i) * cs;
+			struct qcow2dedup_rebuild_item *it = &b->item[k];
+			void *data = b->buf + (size_t)(k - i) * cs;
 
 			it->err = err;
 			if (err)
@@ -137,7 +156,7 @@ static void rebuild_work(struct work_struct *ws)
 		cond_resched();
 	}
 	spin_lock_irq(&q->lock);
-	rb->batch_done = true;
+	b->done = true;
 	spin_unlock_irq(&q->lock);
 	qcow2dedup_wake(q);
 }
@@ -152,14 +171,14 @@ static bool refs_exact(struct qcow2dedup *q, struct dedup_entry *e)
 	       rc == refs;
 }
 
-/* Worker: the hashed batch; entries still UNKEYED take their digest. */
-static void apply_batch(struct qcow2dedup *q)
+/* Worker: a hashed batch; entries still UNKEYED take their digest. */
+static void apply_batch(struct qcow2dedup *q, struct qcow2dedup_rebuild_batch *b)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
 	unsigned int i;
 
-	for (i = 0; i < rb->n; i++) {
-		struct qcow2dedup_rebuild_item *it = &rb->item[i];
+	for (i = 0; i < b->n; i++) {
+		struct qcow2dedup_rebuild_item *it = &b->item[i];
 		struct dedup_entry *e = dedup_find_host(&q->index, it->host);
 
 		/* UNKEYED entries are made by the scan only, and not reused. */
@@ -173,8 +192,8 @@ static void apply_batch(struct qcow2dedup *q)
 		}
 		rb->indexed++;
 	}
-	rb->n = 0;
-	rb->batch_out = false;
+	b->n = 0;
+	b->out = false;
 }
 
 static void rebuild_end(struct qcow2dedup *q, const char *how)
@@ -190,9 +209,10 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 	WRITE_ONCE(rb->active, false);
 	if (READ_ONCE(rb->quiet))
 		return;
-	DMINFO("%s: dedup rebuild %s: %llu hashed, %llu indexed, %llu COPIED restored, %llu ms",
-	       qcow2dedup_dev_name(q), how, rb->hashed, rb->indexed, rb->copied_fixed,
-	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC));
+	DMINFO("%s: index rebuild %s, %llu ms (scan %llu): %llu hashed, %llu indexed, %llu COPIED",
+	       qcow2dedup_dev_name(q), how,
+	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC),
+	       div_u64(rb->scan_ns, NSEC_PER_MSEC), rb->hashed, rb->indexed, rb->copied_fixed);
 }
 
 /* Worker: one guest cluster of the scan. */
@@ -276,26 +296,73 @@ static int scan_end(struct qcow2dedup *q)
 	qcow2dedup_wait_for_readers(q);
 	rb->phase = REBUILD_HASH;
 	rb->next_host = 0;
+	rb->scan_ns = ktime_get_ns() - rb->started_ns;
 	return 0;
 }
 
 /* Worker: the next UNKEYED entries, for the hash work. */
-static void pick_batch(struct qcow2dedup *q)
+static void pick_batch(struct qcow2dedup *q, struct qcow2dedup_rebuild_batch *b)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
 	struct dedup_entry *e;
 	unsigned long host;
 
 	xa_for_each_start(&q->index.by_host, host, e, rb->next_host) {
-		if (rb->n == rb->max_items)
+		if (b->n == rb->max_items)
 			break;
 		rb->next_host = host + 1;
 		if (dedup_entry_state(e) != DEDUP_UNKEYED)
 			continue;
-		rb->item[rb->n].host = host;
-		rb->item[rb->n].e = e;
-		rb->n++;
+		b->item[b->n].host = host;
+		b->item[b->n].e = e;
+		b->n++;
 	}
+}
+
+/* Worker: apply the batches back from hash_wq; how many are still out. */
+static unsigned int collect_batches(struct qcow2dedup *q)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	unsigned int i, out = 0;
+
+	for (i = 0; i < REBUILD_BATCHES; i++) {
+		struct qcow2dedup_rebuild_batch *b = &rb->batch[i];
+		bool done;
+
+		if (!b->out)
+			continue;
+		spin_lock_irq(&q->lock);
+		done = b->done;
+		b->done = false;
+		spin_unlock_irq(&q->lock);
+		if (done)
+			apply_batch(q, b);
+		else
+			out++;
+	}
+	return out;
+}
+
+/* Worker: send every idle batch out with the next clusters. */
+static void send_batches(struct qcow2dedup *q, unsigned int out)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	unsigned int i;
+
+	for (i = 0; i < REBUILD_BATCHES; i++) {
+		struct qcow2dedup_rebuild_batch *b = &rb->batch[i];
+
+		if (b->out)
+			continue;
+		pick_batch(q, b);
+		if (!b->n)
+			break;
+		b->out = true;
+		out++;
+		queue_work(q->hash_wq, &b->work);
+	}
+	if (!out)
+		rebuild_end(q, "done");
 }
 
 /**
@@ -305,7 +372,7 @@ static void pick_batch(struct qcow2dedup *q)
 void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
-	bool done;
+	unsigned int out;
 	int r = 0;
 
 	/* Suspended (or not resumed yet): the image is not ours to write. */
@@ -321,6 +388,7 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		rb->indexed = 0;
 		rb->copied_fixed = 0;
 		rb->started_ns = ktime_get_ns();
+		rb->scan_ns = 0;
 		rb->runs++;
 		WRITE_ONCE(rb->active, true);
 		r = qcow2dedup_table_rebuilding(q);
@@ -332,15 +400,7 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 	}
 	if (!rb->active)
 		return;
-	if (rb->batch_out) {
-		spin_lock_irq(&q->lock);
-		done = rb->batch_done;
-		rb->batch_done = false;
-		spin_unlock_irq(&q->lock);
-		if (!done)
-			return;
-		apply_batch(q);
-	}
+	out = collect_batches(q);
 	if (READ_ONCE(rb->paused) || READ_ONCE(q->mode) != MODE_WRITE)
 		return;
 
@@ -371,13 +431,7 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		if (!r && rb->next_gc >= rb->end_gc)
 			r = scan_end(q);
 	} else {
-		pick_batch(q);
-		if (!rb->n) {
-			rebuild_end(q, "done");
-			return;
-		}
-		rb->batch_out = true;
-		queue_work(q->hash_wq, &rb->work);
+		send_batches(q, out);
 		return;
 	}
 	if (r) {

@@ -148,39 +148,56 @@ static void table_reset(struct qcow2dedup *q)
 	dedup_index_destroy(&q->index);
 }
 
-/* Read a table cluster at @off; a valid offset with a refcount of one. */
-static int read_table_cluster(struct qcow2dedup *q, u64 off, void *buf,
-			      enum qdt_err *why)
+/* Table clusters the load reads at once: runs of adjacent leaves. */
+#define LOAD_RUN_BYTES	SZ_1M
+
+/*
+ * Read @n table clusters from @off on, each at a valid offset with a
+ * refcount of one, and named by the table once only.
+ */
+static int read_table_clusters(struct qcow2dedup *q, u64 off, unsigned int n,
+			       void *buf, enum qdt_err *why)
 {
+	unsigned int i;
 	u64 rc;
 	int r;
 
-	if (!qdt_offset_valid(q->geo, off)) {
-		*why = QDT_ERR_OFFSET;
-		return -EINVAL;
+	for (i = 0; i < n; i++) {
+		u64 c = off + ((u64)i << cbits(q));
+
+		if (!qdt_offset_valid(q->geo, c)) {
+			*why = QDT_ERR_OFFSET;
+			return -EINVAL;
+		}
+		r = xa_insert(&q->table.seen, c >> cbits(q), xa_mk_value(1), GFP_KERNEL);
+		if (r == -EBUSY) {
+			*why = QDT_ERR_DUPLICATE;
+			return -EINVAL;
+		}
+		if (r)
+			return r;
+		r = qcow2_md_refcount(q->md, c, &rc);
+		if (r)
+			return r;
+		if (rc != 1) {
+			*why = QDT_ERR_OFFSET;
+			return -EINVAL;
+		}
+		q->table.clusters++;
 	}
-	r = xa_insert(&q->table.seen, off >> cbits(q), xa_mk_value(1), GFP_KERNEL);
-	if (r == -EBUSY) {
-		*why = QDT_ERR_DUPLICATE;
-		return -EINVAL;
-	}
-	if (r)
-		return r;
-	r = qcow2_md_refcount(q->md, off, &rc);
-	if (r)
-		return r;
-	if (rc != 1) {
-		*why = QDT_ERR_OFFSET;
-		return -EINVAL;
-	}
-	q->table.clusters++;
-	r = qcow2dedup_sync_io(q, REQ_OP_READ, buf, off, q->geo->cluster_size);
+	r = qcow2dedup_sync_io(q, REQ_OP_READ, buf, off, (u64)n << cbits(q));
 	if (r) {
 		/* The table is an index of data that is still there: rebuild it. */
 		*why = QDT_ERR_IO;
 		return -EINVAL;
 	}
 	return 0;
+}
+
+static int read_table_cluster(struct qcow2dedup *q, u64 off, void *buf,
+			      enum qdt_err *why)
+{
+	return read_table_clusters(q, off, 1, buf, why);
 }
 
 /* Turn the slots of leaf @leaf (in @buf) into UNKEYED, persisted entries. */
@@ -227,6 +244,8 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 {
 	struct qcow2dedup_table *t = &q->table;
 	u64 per = 1ULL << t->shape.ptr_bits, d, k;
+	unsigned int run_max, n, i;
+	void *run_buf;
 	__be64 *root;
 	int r;
 
@@ -250,14 +269,27 @@ static int load_tree(struct qcow2dedup *q, void *buf, enum qdt_err *why)
 		for (k = 0; k < per && d * per + k < t->nr_leaves; k++)
 			t->leaves[d * per + k] = get_unaligned_be64(buf + k * sizeof(u64));
 	}
-	for (k = 0; !r && k < t->nr_leaves; k++) {
+	/* Leaves the table writer put side by side are read in one I/O. */
+	run_max = LOAD_RUN_BYTES >> cbits(q);
+	run_buf = run_max > 1 ? kvmalloc(LOAD_RUN_BYTES, GFP_KERNEL | __GFP_NOWARN) : NULL;
+	if (!run_buf) {
+		run_max = 1;
+		run_buf = buf;
+	}
+	for (k = 0; !r && k < t->nr_leaves; k += n) {
+		n = 1;
 		if (!t->leaves[k])
 			continue;
-		r = read_table_cluster(q, t->leaves[k], buf, why);
-		if (!r)
-			r = load_leaf(q, k, buf, why);
+		while (n < run_max && k + n < t->nr_leaves &&
+		       t->leaves[k + n] == t->leaves[k] + ((u64)n << cbits(q)))
+			n++;
+		r = read_table_clusters(q, t->leaves[k], n, run_buf, why);
+		for (i = 0; !r && i < n; i++)
+			r = load_leaf(q, k + i, run_buf + ((size_t)i << cbits(q)), why);
 		cond_resched();
 	}
+	if (run_buf != buf)
+		kvfree(run_buf);
 	/* No table cluster may hold qcow2 metadata (guest data: see below). */
 	if (!r && qcow2_md_metadata_in(q->md, &t->seen)) {
 		*why = QDT_ERR_METADATA;
@@ -297,8 +329,8 @@ static bool table_cluster_mapped(struct qcow2dedup *q, enum qcow2_cluster_type t
 static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 {
 	u64 gcs = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size), gc;
-	struct dedup_entry *e;
-	unsigned long host;
+	unsigned long host, nr_keep = 0, cap;
+	struct dedup_entry *e, **keep;
 	int r;
 
 	for (gc = 0; gc < gcs; gc++) {
@@ -339,24 +371,44 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 		if (r < 0)
 			return r;
 	}
+	/* The entries to key, at once: dedup_key_many(). */
+	r = 0;
+	cap = q->index.unkeyed;
+	keep = kvmalloc_array(max_t(u64, cap, 1), sizeof(*keep), GFP_KERNEL | __GFP_NOWARN);
 	xa_for_each(&q->index.by_host, host, e) {
 		u32 refs;
 		u64 rc;
 
 		r = qcow2_md_refcount(q->md, (u64)host << cbits(q), &rc);
 		if (r)
-			return r;
+			break;
 		refs = dedup_nr_refs(e);
 		if (refs >= 2 && dedup_entry_copied_ref(e)) {
 			qcow2dedup_shared_copied(q, dedup_entry_host(e), refs);
-		} else if (refs && rc == refs && !dedup_key(&q->index, e, NULL)) {
-			q->table.loaded++;
-			continue;
+		} else if (refs && rc == refs) {
+			if (keep && nr_keep < cap) {
+				keep[nr_keep++] = e;
+				continue;
+			}
+			if (!dedup_key(&q->index, e, NULL)) {
+				q->table.loaded++;
+				continue;
+			}
 		}
 		q->table.dropped++;
 		dedup_remove(&q->index, e);
 	}
-	return 0;
+	if (keep && !r) {
+		unsigned long i, nr_refused = dedup_key_many(&q->index, keep, nr_keep);
+
+		/* Refused: the key of another entry (a crafted table). */
+		for (i = 0; i < nr_refused; i++)
+			dedup_remove(&q->index, keep[i]);
+		q->table.dropped += nr_refused;
+		q->table.loaded += nr_keep - nr_refused;
+	}
+	kvfree(keep);
+	return r;
 }
 
 /* Read the first cluster (header and extensions) through the metadata cache. */
@@ -390,6 +442,7 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	struct qcow2dedup_table *t = &q->table;
 	enum qdt_err why = QDT_OK;
 	u32 doff, dlen;
+	u64 started;
 	void *buf;
 	int r;
 
@@ -433,11 +486,14 @@ int qcow2dedup_table_load(struct qcow2dedup *q)
 	}
 	t->unclean = t->info.flags & (QDT_FLAG_OPEN | QDT_FLAG_UNVERIFIED);
 	t->incomplete = t->info.flags & QDT_FLAG_INCOMPLETE;
+	started = ktime_get_ns();
 	r = load_tree(q, buf, &why);
 	if (!r)
 		r = attach_referrers(q, &why);
 	if (r)
 		goto unusable;
+	DMINFO("%pg: dedup table loaded: %llu entries in %llu ms", q->bdev, t->loaded,
+	       div_u64(ktime_get_ns() - started, NSEC_PER_MSEC));
 	/*
 	 * Slots the index did not take are zeroed when the table is opened,
 	 * before map() may write into their clusters (qcow2dedup_table_open()).

@@ -111,7 +111,23 @@ struct qcow2dedup_rebuild_item {
 
 enum qcow2dedup_rebuild_phase {
 	REBUILD_SCAN,			/* count referrers in the active L1 */
-	REBUILD_HASH,			/* read and hash, a batch at a time */
+	REBUILD_HASH,			/* read and hash, batches at a time */
+};
+
+/*
+ * A batch of clusters read and hashed on hash_wq.  With two, one is read
+ * while the other is hashed (or, on SMP, both are hashed at once) and the
+ * rebuild runs at the pace of the slower of the device and the hash.
+ */
+#define REBUILD_BATCHES	2
+struct qcow2dedup_rebuild_batch {
+	struct qcow2dedup_rebuild *rb;
+	struct work_struct work;
+	bool out;			/* on hash_wq; the worker's */
+	bool done;			/* back from hash_wq, under q->lock */
+	unsigned int n;
+	void *buf;			/* max_items clusters */
+	struct qcow2dedup_rebuild_item item[REBUILD_BATCH];
 };
 
 struct qcow2dedup_rebuild {
@@ -119,8 +135,6 @@ struct qcow2dedup_rebuild {
 	bool paused;			/* suspended: start no batch */
 	bool requested;			/* by the "rebuild" message */
 	bool quiet;			/* the image had no table: no log line */
-	bool batch_out;			/* a batch is being hashed */
-	bool batch_done;		/* under q->lock */
 	enum qcow2dedup_rebuild_phase phase;
 	u64 next_gc;
 	u64 end_gc;
@@ -130,13 +144,11 @@ struct qcow2dedup_rebuild {
 	u64 indexed;
 	u64 copied_fixed;		/* COPIED flags the scan restored */
 	u64 started_ns;
+	u64 scan_ns;			/* the scan's share of started_ns.. */
 	u64 runs;
-	unsigned int n;
 	unsigned int max_items;		/* per batch: REBUILD_BATCH_BYTES of clusters */
 	struct qcow2dedup *q;
-	struct work_struct work;
-	void *buf;			/* max_items clusters */
-	struct qcow2dedup_rebuild_item item[REBUILD_BATCH];
+	struct qcow2dedup_rebuild_batch batch[REBUILD_BATCHES];
 };
 
 /*

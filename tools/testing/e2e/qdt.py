@@ -9,6 +9,10 @@
                              check error, and the clusters it calls leaked
                              are exactly those listed in the FILEs (outputs
                              of "clusters"); prints a summary, exit 1 if not
+  qdt.py copy-slot IMAGE FROM TO
+                             write the slot of host cluster FROM over the
+                             slot of host cluster TO (a crafted table: two
+                             slots with one key, for 62)
 
 Reads the header extension 0x71646474 (include/uapi/qcow2dedup/
 dedup-table.h) and follows the root's and the directories' offsets; the
@@ -23,6 +27,53 @@ import sys
 
 EXT_DEDUP_TABLE = 0x71646474
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
+
+
+def root_offset(f):
+    """(cluster_bits, the root's offset or None) of the open image @f."""
+    f.seek(0)
+    h = f.read(104)
+    cluster_bits = struct.unpack(">I", h[20:24])[0]
+    hdr_len = struct.unpack(">I", h[100:104])[0]
+    f.seek(hdr_len)
+    ext = f.read((1 << cluster_bits) - hdr_len)
+    pos = 0
+    while pos + 8 <= len(ext):
+        typ, n = struct.unpack(">II", ext[pos:pos + 8])
+        if typ == 0:
+            break
+        if typ == EXT_DEDUP_TABLE:
+            return cluster_bits, struct.unpack(">Q", ext[pos + 16:pos + 24])[0]
+        pos += 8 + (n + 7) // 8 * 8
+    return cluster_bits, None
+
+
+def slot_offset(f, host):
+    """Byte offset of host cluster @host's 32-byte slot: root -> directory -> leaf."""
+    cluster_bits, root = root_offset(f)
+    slot_bits, ptr_bits = cluster_bits - 5, cluster_bits - 3
+    leaf = host >> slot_bits
+
+    def ptr(table, i):
+        f.seek(table + 8 * i)
+        return struct.unpack(">Q", f.read(8))[0] & OFFSET_MASK
+
+    d = ptr(root, leaf >> ptr_bits)
+    lo = ptr(d, leaf & ((1 << ptr_bits) - 1))
+    if not root or not d or not lo:
+        sys.exit("qdt.py: no leaf holds the slot of host cluster %d" % host)
+    return lo + 32 * (host & ((1 << slot_bits) - 1))
+
+
+def copy_slot(path, src, dst):
+    with open(path, "r+b") as f:
+        so, do = slot_offset(f, src), slot_offset(f, dst)
+        f.seek(so)
+        slot = f.read(32)
+        if slot == bytes(32):
+            sys.exit("qdt.py: the slot of host cluster %d is empty" % src)
+        f.seek(do)
+        f.write(slot)
 
 
 def table_clusters(path):
@@ -87,6 +138,8 @@ def leaks(path, files):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "clusters":
         print("\n".join(str(c) for c in table_clusters(sys.argv[2])))
+    elif len(sys.argv) == 5 and sys.argv[1] == "copy-slot":
+        copy_slot(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) >= 3 and sys.argv[1] == "leaks":
         sys.exit(leaks(sys.argv[2], sys.argv[3:]))
     else:

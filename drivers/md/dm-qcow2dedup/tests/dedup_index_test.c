@@ -8,7 +8,9 @@
 #include <kunit/test.h>
 #include <kunit/visibility.h>
 #include <linux/rbtree.h>
+#include <linux/rbtree_augmented.h>
 #include <linux/string.h>
+#include <linux/unaligned.h>
 
 #include "dedup-index.h"
 
@@ -514,6 +516,148 @@ static void zero_detection(struct kunit *test)
 	KUNIT_EXPECT_TRUE(test, dedup_is_zero(buf, len - 1));
 }
 
+/*
+ * A key for entry @i of key_many(): pseudo-random, except that every
+ * 16th shares one 8-byte prefix (a run the radix sort leaves to sort())
+ * and every 50th repeats the key of entry i - 25 (a crafted table).
+ */
+static void many_key(u8 *key, unsigned int i)
+{
+	unsigned int b;
+	u32 x;
+
+	if (i % 50 == 49)
+		i -= 25;
+	x = i * 2654435761U + 12345;
+	for (b = 0; b < DEDUP_KEY_MAX; b++) {
+		x = x * 1103515245U + 12345;
+		key[b] = x >> 16;
+	}
+	if (i % 16 == 3)
+		memset(key, 0xa5, 8);
+}
+
+/* Red-black rules: no red node with a red child, one black height. */
+static int rb_black_height(struct kunit *test, struct rb_node *n)
+{
+	int l, r;
+
+	if (!n)
+		return 1;
+	if (rb_is_red(n)) {
+		KUNIT_EXPECT_TRUE(test, !n->rb_left || rb_is_black(n->rb_left));
+		KUNIT_EXPECT_TRUE(test, !n->rb_right || rb_is_black(n->rb_right));
+	}
+	l = rb_black_height(test, n->rb_left);
+	r = rb_black_height(test, n->rb_right);
+	KUNIT_EXPECT_EQ(test, l, r);
+	return l + rb_is_black(n);
+}
+
+/*
+ * dedup_key_many(): keying a loaded table at once (sorted and appended into
+ * an empty tree, below and above the radix sort's threshold) and one at a
+ * time (into a tree that has entries) gives a valid red-black tree in key
+ * order with every key once, and refuses exactly the repeated keys.
+ */
+static void key_many(struct kunit *test)
+{
+	static const unsigned int sizes[] = { 1, 200, 5000, 5000 };
+	struct dedup_index *idx = test->priv;
+	unsigned int s, i;
+
+	for (s = 0; s < ARRAY_SIZE(sizes); s++) {
+		unsigned int n = sizes[s], dups = 0, nodes = 0;
+		bool prefilled = s == 3;
+		struct dedup_entry **es, *e, *prev = NULL;
+		unsigned long refused;
+		u8 key[DEDUP_KEY_MAX];
+		struct rb_node *node;
+		u64 host = 1;
+
+		es = kunit_kcalloc(test, n, sizeof(*es), GFP_KERNEL);
+		KUNIT_ASSERT_NOT_NULL(test, es);
+		if (prefilled) {
+			/* A key no other entry has: the one-at-a-time path. */
+			memset(key, 0xff, sizeof(key));
+			KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, key, 0, NULL, &e), 0);
+		}
+		for (i = 0; i < n; i++) {
+			many_key(key, i);
+			dups += i % 50 == 49;
+			KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, host++, key, &es[i],
+								   GFP_KERNEL), 0);
+		}
+		refused = dedup_key_many(idx, es, n);
+		KUNIT_EXPECT_EQ(test, refused, (unsigned long)dups);
+		for (i = 0; i < refused; i++) {
+			KUNIT_EXPECT_EQ(test, dedup_entry_state(es[i]), DEDUP_UNKEYED);
+			KUNIT_EXPECT_TRUE(test, RB_EMPTY_NODE(&es[i]->node));
+			/* Its key is in the tree: the entry that took it. */
+			e = dedup_find(idx, es[i]->key);
+			KUNIT_ASSERT_NOT_NULL(test, e);
+			KUNIT_EXPECT_PTR_NE(test, e, es[i]);
+			dedup_remove(idx, es[i]);
+		}
+		for (node = rb_first(&idx->by_digest); node; node = rb_next(node)) {
+			e = rb_entry(node, struct dedup_entry, node);
+			if (prev)
+				KUNIT_EXPECT_LT(test, memcmp(prev->key, e->key, DEDUP_KEY_MAX), 0);
+			KUNIT_EXPECT_PTR_EQ(test, dedup_find(idx, e->key), e);
+			KUNIT_EXPECT_NE(test, dedup_entry_state(e), DEDUP_UNKEYED);
+			prev = e;
+			nodes++;
+		}
+		KUNIT_EXPECT_EQ(test, nodes, n - dups + prefilled);
+		KUNIT_EXPECT_EQ(test, idx->entries, (u64)(n - dups + prefilled));
+		KUNIT_EXPECT_EQ(test, idx->unkeyed, 0ULL);
+		rb_black_height(test, idx->by_digest.rb_node);
+		dedup_index_destroy(idx);
+	}
+}
+
+/* dedup_sort_refs() against sort(): shared prefixes, both paths. */
+static void sort_refs(struct kunit *test)
+{
+	static const unsigned int sizes[] = { 0, 1, 3000, 9000 };
+	unsigned int s, i;
+
+	for (s = 0; s < ARRAY_SIZE(sizes); s++) {
+		unsigned int n = sizes[s];
+		struct dedup_sort_ref *a, *tmp;
+		struct dedup_entry *es;
+		u32 *count;
+
+		a = kunit_kcalloc(test, n + 1, sizeof(*a), GFP_KERNEL);
+		tmp = kunit_kcalloc(test, n + 1, sizeof(*tmp), GFP_KERNEL);
+		es = kunit_kcalloc(test, n + 1, sizeof(*es), GFP_KERNEL);
+		count = kunit_kcalloc(test, 1 << 16, sizeof(u32), GFP_KERNEL);
+		KUNIT_ASSERT_TRUE(test, a && tmp && es && count);
+		for (i = 0; i < n; i++) {
+			many_key(es[i].key, i);
+			/* Half the keys share their first 8 bytes with others. */
+			if (i & 1)
+				memset(es[i].key, i % 7, 8);
+			a[i].prefix = get_unaligned_be64(es[i].key);
+			a[i].e = &es[i];
+		}
+		dedup_sort_refs(a, tmp, count, n);
+		for (i = 1; i < n; i++) {
+			KUNIT_EXPECT_LE(test, a[i - 1].prefix, a[i].prefix);
+			KUNIT_EXPECT_LE(test, memcmp(a[i - 1].e->key, a[i].e->key,
+						     DEDUP_KEY_MAX), 0);
+			KUNIT_EXPECT_EQ(test, a[i].prefix, get_unaligned_be64(a[i].e->key));
+		}
+		/* A permutation: every entry once. */
+		for (i = 0; i < n; i++)
+			a[i].e->host_flags = 0;
+		for (i = 0; i < n; i++)
+			a[i].e->host_flags++;
+		for (i = 0; i < n; i++)
+			KUNIT_EXPECT_EQ(test, es[i].host_flags, 1ULL);
+	}
+}
+
 static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(insert_find_order),
 	KUNIT_CASE(short_digest),
@@ -529,6 +673,8 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(refcount_ceiling),
 	KUNIT_CASE(zero_detection),
 	KUNIT_CASE(entry_layout),
+	KUNIT_CASE(key_many),
+	KUNIT_CASE(sort_refs),
 	{}
 };
 
