@@ -215,21 +215,18 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 	       div_u64(rb->scan_ns, NSEC_PER_MSEC), rb->hashed, rb->indexed, rb->copied_fixed);
 }
 
-/* Worker: one guest cluster of the scan. */
-static int scan_one(struct qcow2dedup *q, u64 gc)
+/* Worker: one guest cluster of the scan, looked up. */
+static int scan_one(struct qcow2dedup *q, u64 gc, enum qcow2_cluster_type type,
+		    const struct qcow2_l2e_info *info, bool pending)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
-	struct qcow2_l2e_info info;
-	enum qcow2_cluster_type type;
 	struct dedup_entry *e;
-	bool pending;
 	u64 host, first;
 	int r;
 
-	r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
-	if (r || type != QCOW2_CLUSTER_NORMAL || pending || qcow2dedup_guest_busy(q, gc))
-		return r;
-	host = info.host_offset >> cbits(q);
+	if (type != QCOW2_CLUSTER_NORMAL || pending || qcow2dedup_guest_busy(q, gc))
+		return 0;
+	host = info->host_offset >> cbits(q);
 	e = dedup_find_host(&q->index, host);
 	if (!e) {
 		r = dedup_insert_unkeyed(&q->index, host, NULL, &e, REBUILD_GFP);
@@ -239,10 +236,36 @@ static int scan_one(struct qcow2dedup *q, u64 gc)
 	} else if (dedup_entry_state(e) != DEDUP_UNKEYED) {
 		return 0;
 	}
-	if (info.copied)
+	if (info->copied)
 		dedup_entry_set_copied_ref(e);
 	r = dedup_add_ref(&q->index, e, gc, &first, REBUILD_GFP);
 	return r < 0 ? r : 0;
+}
+
+/*
+ * Worker: scan guest clusters @gc.. (before @stop) whose L2 entries share a
+ * metadata block.  Return: the next cluster to scan, or a negative error
+ * with *@at the cluster to scan again.
+ */
+static int scan_block(struct qcow2dedup *q, u64 gc, u64 stop, u64 *at)
+{
+	struct qcow2dedup_walk *w = &q->rebuild->walk;
+	int r, n, i;
+
+	*at = gc;
+	n = qcow2_md_lookup_block(q->md, gc, min_t(u64, stop - gc, QCOW2DEDUP_WALK),
+				  w->type, w->info, w->pending);
+	if (n < 0)
+		return n;
+	for (i = 0; i < n; i++) {
+		r = scan_one(q, gc + i, w->type[i], &w->info[i], w->pending[i]);
+		if (r) {
+			*at = gc + i;
+			return r;
+		}
+	}
+	*at = gc + n;
+	return 0;
 }
 
 /*
@@ -408,12 +431,12 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		u64 stop = min(rb->end_gc, rb->next_gc + SCAN_PER_PASS);
 		u64 gc;
 
-		for (gc = rb->next_gc; gc < stop; gc++) {
+		for (gc = rb->next_gc; gc < stop;) {
 			if (!qcow2_md_l2_present(q->md, gc)) {
-				gc |= (1ULL << q->geo->l2_bits) - 1;
+				gc = (gc | ((1ULL << q->geo->l2_bits) - 1)) + 1;
 				continue;
 			}
-			r = scan_one(q, gc);
+			r = scan_block(q, gc, stop, &gc);
 			if (r)
 				break;
 		}

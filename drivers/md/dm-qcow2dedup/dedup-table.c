@@ -326,53 +326,69 @@ static bool table_cluster_mapped(struct qcow2dedup *q, enum qcow2_cluster_type t
  * preallocated-zero reference reaches them, as for clusters this target
  * indexes itself).
  */
+/* One guest cluster of the walk: a referrer of the entry of its cluster. */
+static int attach_one(struct qcow2dedup *q, u64 gc, enum qcow2_cluster_type type,
+		      const struct qcow2_l2e_info *info, enum qdt_err *why)
+{
+	struct dedup_entry *e;
+	u64 first;
+	int r;
+
+	if (table_cluster_mapped(q, type, info)) {
+		*why = QDT_ERR_GUEST_DATA;
+		return -EINVAL;
+	}
+	if (type != QCOW2_CLUSTER_NORMAL)
+		return 0;
+	e = dedup_find_host(&q->index, info->host_offset >> cbits(q));
+	if (!e)
+		return 0;
+	if (info->copied)
+		dedup_entry_set_copied_ref(e);
+	r = dedup_add_ref(&q->index, e, gc, &first, GFP_KERNEL);
+	if (r == -ENOSPC) {
+		/* Referrers beyond the index limit: not kept. */
+		dedup_remove(&q->index, e);
+		return 0;
+	}
+	return r < 0 ? r : 0;
+}
+
 static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 {
 	u64 gcs = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size), gc;
 	unsigned long host, nr_keep = 0, cap;
 	struct dedup_entry *e, **keep;
-	int r;
+	struct qcow2dedup_walk *w;
+	unsigned int i, n;
+	int r = 0;
 
-	for (gc = 0; gc < gcs; gc++) {
-		struct qcow2_l2e_info info;
-		enum qcow2_cluster_type type;
-		bool pending;
-		u64 first;
-
+	w = kvmalloc(sizeof(*w), GFP_KERNEL);
+	if (!w)
+		return -ENOMEM;
+	for (gc = 0; !r && gc < gcs; gc += n) {
+		n = 1;
 		if (!qcow2_md_l2_present(q->md, gc)) {
 			gc |= (1ULL << q->geo->l2_bits) - 1;
 			continue;
 		}
-		r = qcow2_md_lookup(q->md, gc << cbits(q), true, &type, &info, &pending);
-		if (r) {
+		r = qcow2_md_lookup_block(q->md, gc, QCOW2DEDUP_WALK, w->type, w->info, w->pending);
+		if (r < 0) {
 			/* An unreadable L2 table: the referrers cannot be counted. */
 			*why = QDT_ERR_IO;
-			return -EINVAL;
+			r = -EINVAL;
+			break;
 		}
-		if (!(gc & 4095))
-			cond_resched();
-		if (table_cluster_mapped(q, type, &info)) {
-			*why = QDT_ERR_GUEST_DATA;
-			return -EINVAL;
-		}
-		if (type != QCOW2_CLUSTER_NORMAL)
-			continue;
-		e = dedup_find_host(&q->index, info.host_offset >> cbits(q));
-		if (!e)
-			continue;
-		if (info.copied)
-			dedup_entry_set_copied_ref(e);
-		r = dedup_add_ref(&q->index, e, gc, &first, GFP_KERNEL);
-		if (r == -ENOSPC) {
-			/* Referrers beyond the index limit: not kept. */
-			dedup_remove(&q->index, e);
-			continue;
-		}
-		if (r < 0)
-			return r;
+		n = r;
+		r = 0;
+		for (i = 0; !r && i < n; i++)
+			r = attach_one(q, gc + i, w->type[i], &w->info[i], why);
+		cond_resched();
 	}
+	kvfree(w);
+	if (r)
+		return r;
 	/* The entries to key, at once: dedup_key_many(). */
-	r = 0;
 	cap = q->index.unkeyed;
 	keep = kvmalloc_array(max_t(u64, cap, 1), sizeof(*keep), GFP_KERNEL | __GFP_NOWARN);
 	xa_for_each(&q->index.by_host, host, e) {

@@ -100,6 +100,18 @@ struct qcow2dedup_table {
 	int flush_err;
 };
 
+/*
+ * Guest clusters a walk of the active L1 (table load, rebuild scan) looks
+ * up at once with qcow2_md_lookup_block(): a 4 KiB metadata block of L2
+ * entries.
+ */
+#define QCOW2DEDUP_WALK	512U
+struct qcow2dedup_walk {
+	enum qcow2_cluster_type type[QCOW2DEDUP_WALK];
+	struct qcow2_l2e_info info[QCOW2DEDUP_WALK];
+	bool pending[QCOW2DEDUP_WALK];
+};
+
 /* The background rebuild of the index (dedup-rebuild.c). */
 struct qcow2dedup_rebuild_item {
 	u64 host;
@@ -148,6 +160,7 @@ struct qcow2dedup_rebuild {
 	u64 runs;
 	unsigned int max_items;		/* per batch: REBUILD_BATCH_BYTES of clusters */
 	struct qcow2dedup *q;
+	struct qcow2dedup_walk walk;	/* the scan's lookups */
 	struct qcow2dedup_rebuild_batch batch[REBUILD_BATCHES];
 };
 

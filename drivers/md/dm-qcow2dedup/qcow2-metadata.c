@@ -614,6 +614,73 @@ int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 	return 0;
 }
 
+/**
+ * qcow2_md_lookup_block() - qcow2_md_lookup() of guest cluster @gc and of
+ *	the following ones whose L2 entries lie in the same metadata block,
+ *	with one read of that block: for walks of the whole active L1.
+ * @md: metadata.
+ * @gc: first guest cluster, inside the virtual disk.
+ * @max: clusters wanted, at least one.
+ * @types: their types.
+ * @infos: their entries.
+ * @pending: whether each is staged (as qcow2_md_lookup()'s @pending).
+ *
+ * Context: the worker (may block).
+ * Return: clusters looked up (1..@max), or -EIO (an L1 index out of
+ * range) or a read error.
+ */
+int qcow2_md_lookup_block(struct qcow2_metadata *md, u64 gc, unsigned int max,
+			  enum qcow2_cluster_type *types, struct qcow2_l2e_info *infos,
+			  bool *pending)
+{
+	const struct qcow2_geometry *g = &md->geo;
+	u64 guest_off = gc << g->cluster_bits, l2_off, pos;
+	u64 l1_index = qcow2_l1_index(g, guest_off);
+	struct dm_buffer *b = NULL;
+	unsigned int i, n;
+	void *data = NULL;
+
+	if (l1_index >= g->l1_size)
+		return -EIO;
+	n = min_t(u64, max, DIV_ROUND_UP(g->size, g->cluster_size) - gc);
+	n = min(n, qcow2_l2_block_clusters(g, guest_off, md->block_bits));
+	n = max(n, 1U);
+	for (i = 0; i < n; i++) {
+		void *p = xa_load(&md->pending, gc + i);
+
+		pending[i] = !!p;
+		if (p)
+			types[i] = qcow2_decode_l2_entry(g, pending_decode(p), &infos[i]);
+	}
+	/* Pairs with the write barrier in apply_pending(). */
+	smp_rmb();
+	l2_off = READ_ONCE(md->l1[l1_index]) & QCOW2_L1E_OFFSET_MASK;
+	pos = l2_off + (u64)qcow2_l2_index(g, guest_off) * sizeof(u64);
+	if (l2_off) {
+		data = dm_bufio_read(md->bufio, pos >> md->block_bits, &b);
+		if (IS_ERR(data))
+			return PTR_ERR(data);
+		data += pos & (BIT_ULL(md->block_bits) - 1);
+	}
+	for (i = 0; i < n; i++) {
+		if (pending[i])
+			continue;
+		if (!data) {
+			types[i] = QCOW2_CLUSTER_UNALLOCATED;
+			memset(&infos[i], 0, sizeof(infos[i]));
+			continue;
+		}
+		types[i] = qcow2_decode_l2_entry(g, get_unaligned_be64(data + i * sizeof(u64)),
+						 &infos[i]);
+		/* As qcow2_md_lookup(): guest data in metadata is corrupt. */
+		if (points_at_meta(md, types[i], &infos[i]))
+			types[i] = QCOW2_CLUSTER_INVALID;
+	}
+	if (b)
+		dm_bufio_release(b);
+	return n;
+}
+
 /*
  * The clusters after @guest_off's that a run from it may cover: up to
  * @max_clusters - 1, to the end of the guest disk, before the first staged

@@ -34,6 +34,9 @@ const struct qcow2_geometry *qcow2_md_geometry(struct qcow2_metadata *md);
 int qcow2_md_lookup(struct qcow2_metadata *md, u64 guest_off, bool may_block,
 		    enum qcow2_cluster_type *type,
 		    struct qcow2_l2e_info *info, bool *pending);
+int qcow2_md_lookup_block(struct qcow2_metadata *md, u64 gc, unsigned int max,
+			  enum qcow2_cluster_type *types, struct qcow2_l2e_info *infos,
+			  bool *pending);
 unsigned int qcow2_md_normal_run(struct qcow2_metadata *md, u64 guest_off,
 				 u64 host_offset, unsigned int max_clusters,
 				 bool copied);
