@@ -104,6 +104,7 @@ void dedup_index_destroy(struct dedup_index *idx)
 	xa_destroy(&idx->by_host);
 	xa_destroy(&idx->clears);
 	idx->by_digest = RB_ROOT;
+	idx->changes++;
 	idx->entries = 0;
 	idx->unkeyed = 0;
 	idx->dead = 0;
@@ -572,6 +573,7 @@ void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e)
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
 	}
 	if (dedup_entry_state(e) == DEDUP_DEAD) {
+		idx->changes++;
 		xa_erase(&idx->by_host, dedup_entry_host(e));
 		WRITE_ONCE(idx->dead, idx->dead - 1);
 		free_entry(idx, e);
@@ -625,6 +627,7 @@ void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 
 	if (dedup_entry_state(e) == DEDUP_DEAD)
 		return;
+	idx->changes++;
 	dedup_forget_slot(idx, e);
 	dedup_set_unverified(idx, e, false);
 	if (RB_EMPTY_NODE(&e->node)) {
@@ -761,6 +764,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 /* Take @e out of the rbtree, give it the key of @digest, put it back. */
 static int set_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
 {
+	idx->changes++;
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 		WRITE_ONCE(idx->entries, idx->entries + 1);

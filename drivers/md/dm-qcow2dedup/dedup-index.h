@@ -180,6 +180,12 @@ struct dedup_index {
 	struct xarray clears;		/* slots without an entry to zero (load) */
 	unsigned int key_len;
 	u64 limit_bytes;		/* 0: no limit */
+	/*
+	 * Bumped whenever an entry loses its key or its memory (removed,
+	 * re-keyed, freed): equal values around a wait prove that an entry
+	 * found before it is the same entry, for the same bytes, after it.
+	 */
+	u64 changes;
 
 	/* Statistics: written by the worker, read anywhere (READ_ONCE). */
 	u64 entries;

@@ -14,6 +14,8 @@
  *					  all zeros: zero entry, no cluster
  *					  digest WRITING: wait on its entry
  *					  digest READY: share the cluster
+ *					  (verify: after an async read
+ *					  of it, decide() again)
  *					  else: new cluster, indexed WRITING,
  *					        data write; then the mapping
  *
@@ -289,16 +291,16 @@ static void finish_mapped_op(struct qcow2dedup *q, struct qcow2_op *op,
 }
 
 /*
- * The bytes of @e's cluster (in q->vbuf) are not what its key says: a
- * loaded slot that lied, or a collision of a weak hash.  Give the entry
- * the digest of what the cluster really holds, or drop it.
+ * The bytes of @e's cluster (@data) are not what its key says: a loaded
+ * slot that lied, or a collision of a weak hash.  Give the entry the
+ * digest of what the cluster really holds, or drop it.
  */
-static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
+static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e, const void *data)
 {
 	u8 digest[HASH_MAX_DIGESTSIZE];
 	struct dedup_entry *other;
 
-	if (crypto_shash_tfm_digest(q->tfm, q->vbuf, q->geo->cluster_size, digest)) {
+	if (crypto_shash_tfm_digest(q->tfm, data, q->geo->cluster_size, digest)) {
 		dedup_remove(&q->index, e);
 		return;
 	}
@@ -319,34 +321,96 @@ static void entry_lied(struct qcow2dedup *q, struct dedup_entry *e)
 		dedup_rekey(&q->index, e, digest);	/* on -EEXIST, @e is gone */
 }
 
+enum share_verdict {
+	SHARE_NO,
+	SHARE_YES,
+	SHARE_WAIT,		/* @op waits for its verify read */
+};
+
+/* Any context: @op's verify read is over; back to the worker's decision. */
+static void verify_endio(unsigned long error, void *context)
+{
+	struct qcow2_op *op = context;
+	struct qcow2dedup *q = op->q;
+
+	op->verify_err = error;
+	op->verify_state = VERIFY_READ;
+	qcow2dedup_io_unhold(q, op->verify_io_idx);
+	atomic_dec(&q->verify_inflight);
+	qcow2dedup_requeue_hashed(q, op);
+}
+
+/*
+ * Start reading @e's cluster into a buffer of @op's own, so that the worker
+ * goes on with other requests meanwhile.  The read counts as a reader of
+ * the cluster (io_hold()): no commit frees it before the read ends.
+ * Return: false if no buffer could be had (verify synchronously).
+ */
+static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup_entry *e)
+{
+	unsigned int n;
+
+	if (!op->vbuf)
+		op->vbuf = qcow2dedup_vbuf_alloc(q);
+	if (!op->vbuf)
+		return false;
+	op->verify_host = dedup_entry_host(e);
+	op->verify_changes = q->index.changes;
+	op->verify_state = VERIFY_READING;
+	op->verify_io_idx = qcow2dedup_io_hold(q);
+	n = atomic_inc_return(&q->verify_inflight);
+	if (n > q->verify_inflight_max)
+		WRITE_ONCE(q->verify_inflight_max, n);
+	atomic64_inc(&q->verify_reads);
+	qcow2dedup_async_read(q, op->vbuf, op->verify_host << cluster_bits(q),
+			      q->geo->cluster_size, verify_endio, op);
+	return true;
+}
+
 /*
  * May the cluster of READY entry @e take one more reference for content
  * @op->buf?  Not at the refcount ceiling (unless it is @op's own cluster
  * already, @same); with verify, and for entries loaded from the table
  * (hints, until compared once), only if the bytes on the device are the
- * same: a digest is a hint, the bytes are the truth.  On false, @e may be
+ * same: a digest is a hint, the bytes are the truth.
+ *
+ * The bytes are read asynchronously (SHARE_WAIT: @op comes back through
+ * q->hashed and is decided again).  They still describe @e then if the
+ * index changed nothing since (q->index.changes): @e was neither removed
+ * nor re-keyed, so its cluster was neither freed nor rewritten (indexed
+ * clusters are never written in place).  Otherwise, or with no buffer for
+ * the read, the worker reads them itself, once.  On SHARE_NO, @e may be
  * gone.
  */
-static bool may_share(struct qcow2dedup *q, struct qcow2_op *op,
-		      struct dedup_entry *e, bool same)
+static enum share_verdict may_share(struct qcow2dedup *q, struct qcow2_op *op,
+				    struct dedup_entry *e, bool same)
 {
 	u64 host_off = dedup_entry_host(e) << cluster_bits(q), rc;
+	const void *data = q->vbuf;
 
 	if (!same && (qcow2_md_refcount(q->md, host_off, &rc) ||
 		      !dedup_below_ceiling(rc, q->geo->refcount_order)))
-		return false;
+		return SHARE_NO;
 	if (!q->opt.verify && !dedup_entry_unverified(e))
-		return true;
-	/* Indexed clusters are never written in place: the bytes are stable. */
-	if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size))
-		return false;
-	if (memcmp(q->vbuf, op->buf, q->geo->cluster_size)) {
+		return SHARE_YES;
+	if (op->verify_state == VERIFY_READ && !op->verify_err &&
+	    op->verify_host == dedup_entry_host(e) && op->verify_changes == q->index.changes) {
+		data = op->vbuf;
+	} else if (op->verify_state == VERIFY_NONE && verify_async(q, op, e)) {
+		return SHARE_WAIT;
+	} else if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size)) {
+		/* Indexed clusters are never written in place: the bytes are stable. */
+		op->verify_state = VERIFY_USED;
+		return SHARE_NO;
+	}
+	op->verify_state = VERIFY_USED;
+	if (memcmp(data, op->buf, q->geo->cluster_size)) {
 		atomic64_inc(&q->verify_mismatches);
-		entry_lied(q, e);
-		return false;
+		entry_lied(q, e, data);
+		return SHARE_NO;
 	}
 	dedup_set_unverified(&q->index, e, false);
-	return true;
+	return SHARE_YES;
 }
 
 /*
@@ -552,6 +616,7 @@ static int decide(struct qcow2dedup *q, struct qcow2_op *op)
 	u64 guest_off = op->guest_cluster << cluster_bits(q);
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
+	enum share_verdict verdict;
 	struct dedup_entry *e;
 	bool pending, same;
 	int r;
@@ -580,7 +645,10 @@ static int decide(struct qcow2dedup *q, struct qcow2_op *op)
 	if (e) {
 		same = type == QCOW2_CLUSTER_NORMAL &&
 		       info.host_offset >> cluster_bits(q) == dedup_entry_host(e);
-		if (may_share(q, op, e, same)) {
+		verdict = may_share(q, op, e, same);
+		if (verdict == SHARE_WAIT)
+			return 0;
+		if (verdict == SHARE_YES) {
 			if (same) {
 				/* The same contents again: nothing changes. */
 				atomic64_inc(&q->dedup_hits);
@@ -717,6 +785,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("index_entry_bytes %zu\n", dedup_entry_bytes());
 	DMEMIT("index_limit_bytes %llu\n", idx->limit_bytes);
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
+	DMEMIT("verify_reads %lld\n", (long long)atomic64_read(&q->verify_reads));
+	DMEMIT("verify_inflight_max %u\n", READ_ONCE(q->verify_inflight_max));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
 	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));

@@ -166,6 +166,17 @@ static void io_unhold(struct qcow2dedup *q, int idx)
 		wake_up(&q->io_wait);
 }
 
+/* For a read the target itself issues (a verify read): as map()'s. */
+int qcow2dedup_io_hold(struct qcow2dedup *q)
+{
+	return io_hold(q);
+}
+
+void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx)
+{
+	io_unhold(q, idx);
+}
+
 /* Remap @bio to host byte @host_off; it stays counted as a reader until end_io. */
 static void remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
 		       int io_idx)
@@ -193,6 +204,31 @@ int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 	};
 
 	return dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+}
+
+/*
+ * Asynchronous dm-io read of @len bytes at device byte @off into kernel
+ * memory @buf (not vmalloc); @fn(error, @ctx) at its end, in any context.
+ */
+void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
+			   void (*fn)(unsigned long error, void *ctx), void *ctx)
+{
+	struct dm_io_region region = {
+		.bdev = q->bdev,
+		.sector = off >> SECTOR_SHIFT,
+		.count = len >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_READ,
+		.mem.type = DM_IO_KMEM,
+		.mem.ptr.addr = buf,
+		.notify.fn = fn,
+		.notify.context = ctx,
+		.client = q->io,
+	};
+
+	/* Asynchronous dm_io() fails only on bad arguments; never here. */
+	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
 }
 
 /* Decompress the cluster behind @info into @q->dbuf (worker only). */
@@ -485,6 +521,23 @@ static void op_done(struct qcow2_op *op, blk_status_t status)
 	/* Wake under the lock, see hash_work(). */
 	spin_lock_irqsave(&q->lock, flags);
 	list_add_tail(&op->list, &q->completed);
+	qcow2dedup_wake(q);
+	spin_unlock_irqrestore(&q->lock, flags);
+}
+
+/**
+ * qcow2dedup_requeue_hashed() - @op, parked while a read of its own went
+ *	on, is back for the worker's decision (any context).
+ * @q: target.
+ * @op: the operation.
+ */
+void qcow2dedup_requeue_hashed(struct qcow2dedup *q, struct qcow2_op *op)
+{
+	unsigned long flags;
+
+	/* Wake under the lock, see hash_work(). */
+	spin_lock_irqsave(&q->lock, flags);
+	list_add_tail(&op->list, &q->hashed);
 	qcow2dedup_wake(q);
 	spin_unlock_irqrestore(&q->lock, flags);
 }
@@ -822,12 +875,40 @@ struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc
 	return op;
 }
 
+/**
+ * qcow2dedup_vbuf_alloc() - a cluster buffer for a verify read, never from
+ *	the buffer pool's reserve (kept for writes: their progress must not
+ *	wait for verifies); freed with the operation that holds it.
+ * @q: target.
+ *
+ * Return: the buffer, or NULL (the caller verifies synchronously).
+ */
+void *qcow2dedup_vbuf_alloc(struct qcow2dedup *q)
+{
+	struct page *page;
+
+	if (q->buf_order < 0)
+		return kmalloc(q->geo->cluster_size, GFP_NOWAIT | __GFP_NOWARN);
+	page = alloc_pages(GFP_NOWAIT | __GFP_NOWARN, q->buf_order);
+	return page ? page_address(page) : NULL;
+}
+
+static void vbuf_free(struct qcow2dedup *q, void *buf)
+{
+	if (q->buf_order < 0)
+		kfree(buf);
+	else
+		__free_pages(virt_to_page(buf), q->buf_order);
+}
+
 void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op)
 {
 	if (op->buf) {
 		buf_free(q, op->buf);
 		q->buffered_ops--;
 	}
+	if (op->vbuf)
+		vbuf_free(q, op->vbuf);
 	q->nr_ops--;
 	mempool_free(op, &q->op_pool);
 }

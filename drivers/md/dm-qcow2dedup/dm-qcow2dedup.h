@@ -266,6 +266,9 @@ struct qcow2dedup {
 	atomic64_t dedup_hits;
 	atomic64_t zero_clusters;
 	atomic64_t verify_mismatches;
+	atomic64_t verify_reads;	/* issued while the worker went on */
+	atomic_t verify_inflight;
+	unsigned int verify_inflight_max; /* the worker's */
 	atomic64_t mem_waits;
 	atomic64_t reads_deferred;
 	/*
@@ -324,6 +327,22 @@ struct qcow2_op {
 	bool zero;			/* all zeros */
 	bool in_place;			/* into the guest cluster's own cluster */
 	struct dedup_entry *entry;	/* the WRITING entry this write fills */
+	/*
+	 * Verify: the bytes of host cluster @verify_host read into @vbuf
+	 * while the worker went on (see may_share()), valid while the
+	 * index's changes count is still @verify_changes.
+	 */
+	enum qcow2_verify_state {
+		VERIFY_NONE,		/* no read yet */
+		VERIFY_READING,		/* @vbuf being read */
+		VERIFY_READ,		/* @vbuf read (@verify_err) */
+		VERIFY_USED,		/* one read was enough: no other */
+	} verify_state;
+	int verify_io_idx;		/* its reader generation: io_hold() */
+	bool verify_err;
+	void *vbuf;
+	u64 verify_host;
+	u64 verify_changes;
 	struct work_struct hash_work;
 	u8 digest[HASH_MAX_DIGESTSIZE];
 };
@@ -335,6 +354,8 @@ void qcow2dedup_metadata_error(struct qcow2dedup *q, const char *what, int r);
 void qcow2dedup_metadata_error_once(struct qcow2dedup *q, const char *what, int r);
 int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len);
+void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
+			   void (*fn)(unsigned long error, void *ctx), void *ctx);
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);
 int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 			const struct qcow2_l2e_info *info, void *buf);
@@ -347,6 +368,10 @@ int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
 struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc,
 				   bool buffered);
 void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op);
+void *qcow2dedup_vbuf_alloc(struct qcow2dedup *q);
+int qcow2dedup_io_hold(struct qcow2dedup *q);
+void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx);
+void qcow2dedup_requeue_hashed(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_wait_memory(struct qcow2dedup *q);
 void qcow2dedup_retry_op(struct qcow2dedup *q, struct qcow2_op *op,
 			 struct list_head *list);
