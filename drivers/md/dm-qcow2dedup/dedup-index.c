@@ -380,9 +380,8 @@ static unsigned int radix_digit(u64 prefix, unsigned int shift)
 /**
  * dedup_sort_refs() - order entries by key, as the tree does.
  * @a: the entries, each with the first 8 bytes of its key (big-endian).
- * @tmp: scratch, @n items.
- * @count: scratch, BIT(SORT_RADIX_BITS) counters (unused below
- *	SORT_RADIX_MIN).
+ * @tmp: scratch, @n items (unused below SORT_RADIX_MIN: may be NULL).
+ * @count: scratch, BIT(SORT_RADIX_BITS) counters (likewise).
  * @n: number of entries.
  *
  * A stable radix sort of the prefixes in four 16-bit passes, then sort() of
@@ -414,13 +413,16 @@ void dedup_sort_refs(struct dedup_sort_ref *a, struct dedup_sort_ref *tmp,
 		for (i = 0; i < n; i++)
 			dst[count[radix_digit(src[i].prefix, shift)]++] = src[i];
 		swap(src, dst);
+		cond_resched();
 	}
 	/* An even number of passes: the result is back in @a. */
 	for (i = 0; i < n; i = j) {
 		for (j = i + 1; j < n && a[j].prefix == a[i].prefix; j++)
 			;
-		if (j - i > 1)
+		if (j - i > 1) {
 			sort(a + i, j - i, sizeof(*a), sort_ref_cmp, NULL);
+			cond_resched();
+		}
 	}
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_sort_refs);
@@ -448,6 +450,8 @@ static unsigned long key_sorted(struct dedup_index *idx, struct dedup_sort_ref *
 		if (!dedup_entry_persisted(e))
 			mark_dirty(idx, e);
 		last = e;
+		if (!(i & 4095))
+			cond_resched();
 	}
 	WRITE_ONCE(idx->unkeyed, idx->unkeyed - (n - nr_refused));
 	WRITE_ONCE(idx->entries, idx->entries + (n - nr_refused));
@@ -475,11 +479,14 @@ unsigned long dedup_key_many(struct dedup_index *idx, struct dedup_entry **es,
 
 	if (RB_EMPTY_ROOT(&idx->by_digest) && n) {
 		a = kvmalloc_array(n, sizeof(*a), GFP_KERNEL | __GFP_NOWARN);
-		tmp = kvmalloc_array(n, sizeof(*tmp), GFP_KERNEL | __GFP_NOWARN);
-		count = kvmalloc_array(BIT(SORT_RADIX_BITS), sizeof(u32),
-				       GFP_KERNEL | __GFP_NOWARN);
+		/* The radix sort's scratch; sort() alone needs none. */
+		if (n >= SORT_RADIX_MIN) {
+			tmp = kvmalloc_array(n, sizeof(*tmp), GFP_KERNEL | __GFP_NOWARN);
+			count = kvmalloc_array(BIT(SORT_RADIX_BITS), sizeof(u32),
+					       GFP_KERNEL | __GFP_NOWARN);
+		}
 	}
-	if (a && tmp && count) {
+	if (a && (n < SORT_RADIX_MIN || (tmp && count))) {
 		for (i = 0; i < n; i++) {
 			a[i].prefix = get_unaligned_be64(es[i]->key);
 			a[i].e = es[i];

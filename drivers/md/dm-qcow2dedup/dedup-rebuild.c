@@ -244,8 +244,8 @@ static int scan_one(struct qcow2dedup *q, u64 gc, enum qcow2_cluster_type type,
 
 /*
  * Worker: scan guest clusters @gc.. (before @stop) whose L2 entries share a
- * metadata block.  Return: the next cluster to scan, or a negative error
- * with *@at the cluster to scan again.
+ * metadata block; *@at is the next cluster to scan (on an error, the one to
+ * scan again).  Return: 0 or a negative error.
  */
 static int scan_block(struct qcow2dedup *q, u64 gc, u64 stop, u64 *at)
 {

@@ -320,12 +320,6 @@ static bool table_cluster_mapped(struct qcow2dedup *q, enum qcow2_cluster_type t
 	}
 }
 
-/*
- * Count the active L1's references to every loaded cluster, then keep the
- * entries whose refcount is exactly that (no snapshot, no compressed or
- * preallocated-zero reference reaches them, as for clusters this target
- * indexes itself).
- */
 /* One guest cluster of the walk: a referrer of the entry of its cluster. */
 static int attach_one(struct qcow2dedup *q, u64 gc, enum qcow2_cluster_type type,
 		      const struct qcow2_l2e_info *info, enum qdt_err *why)
@@ -354,6 +348,12 @@ static int attach_one(struct qcow2dedup *q, u64 gc, enum qcow2_cluster_type type
 	return r < 0 ? r : 0;
 }
 
+/*
+ * Count the active L1's references to every loaded cluster, then keep the
+ * entries whose refcount is exactly that (no snapshot, no compressed or
+ * preallocated-zero reference reaches them, as for clusters this target
+ * indexes itself).
+ */
 static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 {
 	u64 gcs = DIV_ROUND_UP(q->geo->size, q->geo->cluster_size), gc;
@@ -415,11 +415,11 @@ static int attach_referrers(struct qcow2dedup *q, enum qdt_err *why)
 		dedup_remove(&q->index, e);
 	}
 	if (keep && !r) {
-		unsigned long i, nr_refused = dedup_key_many(&q->index, keep, nr_keep);
+		unsigned long k, nr_refused = dedup_key_many(&q->index, keep, nr_keep);
 
 		/* Refused: the key of another entry (a crafted table). */
-		for (i = 0; i < nr_refused; i++)
-			dedup_remove(&q->index, keep[i]);
+		for (k = 0; k < nr_refused; k++)
+			dedup_remove(&q->index, keep[k]);
 		q->table.dropped += nr_refused;
 		q->table.loaded += nr_keep - nr_refused;
 	}

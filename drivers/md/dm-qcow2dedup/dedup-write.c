@@ -340,6 +340,9 @@ static void verify_endio(unsigned long error, void *context)
 	qcow2dedup_requeue_hashed(q, op);
 }
 
+/* Compare reads issued for one operation before the worker reads itself. */
+#define VERIFY_ASYNC_TRIES	3
+
 /*
  * Start reading @e's cluster into a buffer of @op's own, so that the worker
  * goes on with other requests meanwhile.  The read counts as a reader of
@@ -357,6 +360,7 @@ static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup
 	op->verify_host = dedup_entry_host(e);
 	op->verify_changes = q->index.changes;
 	op->verify_state = VERIFY_READING;
+	op->verify_tries++;
 	op->verify_io_idx = qcow2dedup_io_hold(q);
 	n = atomic_inc_return(&q->verify_inflight);
 	if (n > q->verify_inflight_max)
@@ -377,17 +381,22 @@ static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup
  * The bytes are read asynchronously (SHARE_WAIT: @op comes back through
  * q->hashed and is decided again).  They still describe @e then if the
  * index changed nothing since (q->index.changes): @e was neither removed
- * nor re-keyed, so its cluster was neither freed nor rewritten (indexed
- * clusters are never written in place).  Otherwise, or with no buffer for
- * the read, the worker reads them itself, once.  On SHARE_NO, @e may be
- * gone.
+ * nor re-keyed, so its cluster was neither freed nor rewritten (a cluster
+ * is written in place only after its entry is removed or re-keyed).  A
+ * read that cannot be trusted (verify_stale) is issued again, up to
+ * VERIFY_ASYNC_TRIES reads in all; then, or with no buffer for the read,
+ * the worker reads the bytes itself.  On SHARE_NO, @e may be gone.
  */
 static enum share_verdict may_share(struct qcow2dedup *q, struct qcow2_op *op,
 				    struct dedup_entry *e, bool same)
 {
 	u64 host_off = dedup_entry_host(e) << cluster_bits(q), rc;
 	const void *data = q->vbuf;
+	enum share_verdict v;
 
+	/* Decided while its read is out: a bug; the read's end requeues it. */
+	if (WARN_ON_ONCE(op->verify_state == VERIFY_READING))
+		return SHARE_WAIT;
 	if (!same && (qcow2_md_refcount(q->md, host_off, &rc) ||
 		      !dedup_below_ceiling(rc, q->geo->refcount_order)))
 		return SHARE_NO;
@@ -396,21 +405,31 @@ static enum share_verdict may_share(struct qcow2dedup *q, struct qcow2_op *op,
 	if (op->verify_state == VERIFY_READ && !op->verify_err &&
 	    op->verify_host == dedup_entry_host(e) && op->verify_changes == q->index.changes) {
 		data = op->vbuf;
-	} else if (op->verify_state == VERIFY_NONE && verify_async(q, op, e)) {
-		return SHARE_WAIT;
-	} else if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size)) {
-		/* Indexed clusters are never written in place: the bytes are stable. */
-		op->verify_state = VERIFY_USED;
-		return SHARE_NO;
+	} else {
+		if (op->verify_state == VERIFY_READ)
+			atomic64_inc(&q->verify_stale);
+		op->verify_state = VERIFY_NONE;
+		if (op->verify_tries < VERIFY_ASYNC_TRIES && verify_async(q, op, e))
+			return SHARE_WAIT;
+		/* Nothing writes into @e's cluster meanwhile: the worker is here. */
+		if (qcow2dedup_sync_io(q, REQ_OP_READ, q->vbuf, host_off, q->geo->cluster_size))
+			return SHARE_NO;
 	}
-	op->verify_state = VERIFY_USED;
 	if (memcmp(data, op->buf, q->geo->cluster_size)) {
 		atomic64_inc(&q->verify_mismatches);
 		entry_lied(q, e, data);
-		return SHARE_NO;
+		v = SHARE_NO;
+	} else {
+		dedup_set_unverified(&q->index, e, false);
+		v = SHARE_YES;
 	}
-	dedup_set_unverified(&q->index, e, false);
-	return SHARE_YES;
+	/* The bytes are used: the buffer goes back before the data write. */
+	op->verify_state = VERIFY_NONE;
+	if (op->vbuf) {
+		qcow2dedup_vbuf_free(q, op->vbuf);
+		op->vbuf = NULL;
+	}
+	return v;
 }
 
 /*
@@ -786,6 +805,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("index_limit_bytes %llu\n", idx->limit_bytes);
 	DMEMIT("verify_mismatches %lld\n", (long long)atomic64_read(&q->verify_mismatches));
 	DMEMIT("verify_reads %lld\n", (long long)atomic64_read(&q->verify_reads));
+	DMEMIT("verify_stale %lld\n", (long long)atomic64_read(&q->verify_stale));
 	DMEMIT("verify_inflight_max %u\n", READ_ONCE(q->verify_inflight_max));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));

@@ -227,8 +227,9 @@ void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 		.client = q->io,
 	};
 
-	/* Asynchronous dm_io() fails only on bad arguments; never here. */
-	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
+	/* Asynchronous dm_io() fails only on bad arguments: end it anyway. */
+	if (WARN_ON_ONCE(is_vmalloc_addr(buf)) || dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT))
+		fn(1, ctx);
 }
 
 /* Decompress the cluster behind @info into @q->dbuf (worker only). */
@@ -893,7 +894,7 @@ void *qcow2dedup_vbuf_alloc(struct qcow2dedup *q)
 	return page ? page_address(page) : NULL;
 }
 
-static void vbuf_free(struct qcow2dedup *q, void *buf)
+void qcow2dedup_vbuf_free(struct qcow2dedup *q, void *buf)
 {
 	if (q->buf_order < 0)
 		kfree(buf);
@@ -908,7 +909,7 @@ void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op)
 		q->buffered_ops--;
 	}
 	if (op->vbuf)
-		vbuf_free(q, op->vbuf);
+		qcow2dedup_vbuf_free(q, op->vbuf);
 	q->nr_ops--;
 	mempool_free(op, &q->op_pool);
 }
@@ -1550,6 +1551,12 @@ static void quiesce(struct qcow2dedup *q)
 	cancel_delayed_work_sync(&q->table.flusher);
 	if (q->rebuild)
 		WRITE_ONCE(q->rebuild->paused, true);
+	/*
+	 * A pass of the worker that read "paused" before it was set may still
+	 * send rebuild batches: let it end first, then no batch can start,
+	 * then wait for the batches, then let the worker take them back.
+	 */
+	flush_workqueue(q->wq);
 	if (q->hash_wq)
 		flush_workqueue(q->hash_wq);
 	flush_workqueue(q->wq);

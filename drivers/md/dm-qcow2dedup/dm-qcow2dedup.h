@@ -102,8 +102,9 @@ struct qcow2dedup_table {
 
 /*
  * Guest clusters a walk of the active L1 (table load, rebuild scan) looks
- * up at once with qcow2_md_lookup_block(): a 4 KiB metadata block of L2
- * entries.
+ * up at once with qcow2_md_lookup_block(): the L2 entries of one metadata
+ * block (min(cluster, page) bytes: 512 with 4 KiB pages, fewer than the
+ * 8192 of a 64 KiB page, which then takes several lookups).
  */
 #define QCOW2DEDUP_WALK	512U
 struct qcow2dedup_walk {
@@ -258,7 +259,7 @@ struct qcow2dedup {
 	bool index_ready;		/* @index initialised */
 	bool table_lie_logged;		/* a loaded slot did not match: logged */
 	bool shared_copied_logged;	/* COPIED on a shared cluster: logged */
-	void *vbuf;
+	void *vbuf;			/* synchronous verify reads (worker) */
 	struct qcow2dedup_table table;
 	struct qcow2dedup_rebuild *rebuild;
 
@@ -267,6 +268,7 @@ struct qcow2dedup {
 	atomic64_t zero_clusters;
 	atomic64_t verify_mismatches;
 	atomic64_t verify_reads;	/* issued while the worker went on */
+	atomic64_t verify_stale;	/* of those, not trusted: read again */
 	atomic_t verify_inflight;
 	unsigned int verify_inflight_max; /* the worker's */
 	atomic64_t mem_waits;
@@ -330,16 +332,17 @@ struct qcow2_op {
 	/*
 	 * Verify: the bytes of host cluster @verify_host read into @vbuf
 	 * while the worker went on (see may_share()), valid while the
-	 * index's changes count is still @verify_changes.
+	 * index's changes count is still @verify_changes.  While the read
+	 * is out the operation is on no list: verify_endio() requeues it.
 	 */
 	enum qcow2_verify_state {
-		VERIFY_NONE,		/* no read yet */
+		VERIFY_NONE,		/* no read, or its bytes used */
 		VERIFY_READING,		/* @vbuf being read */
 		VERIFY_READ,		/* @vbuf read (@verify_err) */
-		VERIFY_USED,		/* one read was enough: no other */
 	} verify_state;
-	int verify_io_idx;		/* its reader generation: io_hold() */
+	u8 verify_tries;		/* reads issued: at most VERIFY_ASYNC_TRIES */
 	bool verify_err;
+	int verify_io_idx;		/* its reader generation: io_hold() */
 	void *vbuf;
 	u64 verify_host;
 	u64 verify_changes;
@@ -369,6 +372,7 @@ struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc
 				   bool buffered);
 void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op);
 void *qcow2dedup_vbuf_alloc(struct qcow2dedup *q);
+void qcow2dedup_vbuf_free(struct qcow2dedup *q, void *buf);
 int qcow2dedup_io_hold(struct qcow2dedup *q);
 void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx);
 void qcow2dedup_requeue_hashed(struct qcow2dedup *q, struct qcow2_op *op);

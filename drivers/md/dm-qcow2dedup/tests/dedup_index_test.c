@@ -658,6 +658,56 @@ static void sort_refs(struct kunit *test)
 	}
 }
 
+/*
+ * idx->changes, which an asynchronous verify read compares: it moves when
+ * an entry loses its key or its memory (remove, re-key, a DEAD entry
+ * freed, destroy), and only then, so that a read of a stable index stays
+ * usable.
+ */
+static void changes_count(struct kunit *test)
+{
+	struct dedup_index *idx = test->priv;
+	struct dedup_entry *a, *b;
+	u8 d[DEDUP_KEY_MAX];
+	u64 c, first;
+	int writer;
+
+	digest_of(d, 1);
+	c = idx->changes;
+	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 10, &writer, &a), 0);
+	dedup_write_done(idx, a, 100);
+	digest_of(d, 2);
+	KUNIT_ASSERT_EQ(test, dedup_insert_unkeyed(idx, 11, d, &b, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_add_ref(idx, b, 101, &first, GFP_KERNEL), 0);
+	KUNIT_ASSERT_EQ(test, dedup_key(idx, b, NULL), 0);
+	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, b, 102, &first, GFP_KERNEL), 1);
+	dedup_set_unverified(idx, b, false);
+	KUNIT_EXPECT_EQ(test, idx->changes, c);
+
+	/* Re-keyed (a slot that lied): its key changed. */
+	digest_of(d, 3);
+	KUNIT_ASSERT_EQ(test, dedup_rekey(idx, b, d), 0);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 1);
+	/* Rewritten in place: a new key. */
+	digest_of(d, 4);
+	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, a, d, &writer), 0);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 2);
+	dedup_write_done(idx, a, 100);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 2);
+	/* Removed with no slot on disk: freed at once. */
+	dedup_remove(idx, a);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 3);
+	/* Removed, its slot still to zero: DEAD until it is, then freed. */
+	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 11));
+	dedup_remove(idx, b);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 4);
+	KUNIT_EXPECT_EQ(test, dedup_entry_state(b), DEDUP_DEAD);
+	dedup_clear_done(idx, b);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 5);
+	dedup_index_destroy(idx);
+	KUNIT_EXPECT_EQ(test, idx->changes, c + 6);
+}
+
 static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(insert_find_order),
 	KUNIT_CASE(short_digest),
@@ -675,6 +725,7 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(entry_layout),
 	KUNIT_CASE(key_many),
 	KUNIT_CASE(sort_refs),
+	KUNIT_CASE(changes_count),
 	{}
 };
 
