@@ -7,8 +7,8 @@
 #include <linux/slab.h>
 #include <linux/sort.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 #include "qcow2-format.h"
 

@@ -7,8 +7,8 @@
 #include <linux/errno.h>
 #include <linux/kernel.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-table-format.h"
 
 static const char * const qdt_errors[QDT_ERR_MAX] = {

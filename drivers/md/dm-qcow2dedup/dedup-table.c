@@ -35,7 +35,6 @@
  */
 #include <linux/slab.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 #include <linux/vmalloc.h>
 
 #include "dm-qcow2dedup.h"

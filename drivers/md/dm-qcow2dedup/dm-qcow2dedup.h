@@ -16,6 +16,7 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 #include "dedup-table-format.h"
 #include "qcow2-metadata.h"

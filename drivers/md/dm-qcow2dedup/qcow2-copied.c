@@ -35,8 +35,8 @@
  * commit never fails for want of memory.
  */
 #include <linux/jiffies.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "qcow2-metadata-internal.h"
 
 #define SCAN_PERIOD	(30 * HZ)

@@ -14,8 +14,8 @@
 #include <linux/export.h>
 #include <linux/kernel.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "qcow2-format.h"
 
 /* Not const: ti->error is a plain char pointer. */

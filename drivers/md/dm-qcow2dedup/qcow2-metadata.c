@@ -29,8 +29,8 @@
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "qcow2-metadata-internal.h"
 
 #define DM_MSG_PREFIX "qcow2dedup"

@@ -10,8 +10,8 @@
 #include <linux/rbtree.h>
 #include <linux/rbtree_augmented.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 
 MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);

@@ -8,8 +8,8 @@
 #include <kunit/test.h>
 #include <kunit/visibility.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 #include "dedup-table-format.h"
 

@@ -7,8 +7,8 @@
 #include <kunit/test.h>
 #include <kunit/visibility.h>
 #include <linux/bits.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "qcow2-format.h"
 
 MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);

@@ -32,8 +32,8 @@
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/string.h>
-#include <linux/unaligned.h>
 
+#include "dm-qcow2dedup-compat.h"
 #include "dedup-table-format.h"
 #include "qcow2-format.h"
 
