@@ -24,7 +24,6 @@
 #include "image.h"
 #include "qcow2dedup.h"
 
-#define SECTOR_SIZE	512U
 /* Limits of the target's option parser (dm-qcow2dedup-target.c). */
 #define HASH_NAME_MAX		128U	/* CRYPTO_MAX_ALG_NAME */
 #define FLUSH_INTERVAL_MAX	3600000ULL
@@ -73,6 +72,33 @@ static const struct command commands[] = {
 	  "into dedup table clusters and others.  Exit status 0: no errors, 1: errors\n"
 	  "found, 2: usage or I/O error.\n"
 	  "  --json                one JSON object instead of text\n", false },
+	{ "activate", cmd_activate,
+	  "activate IMAGE|DEV [NAME] [--readonly] [table options]",
+	  "Activate IMAGE|DEV as /dev/mapper/NAME (NAME: the file name without\n"
+	  ".qcow2 or .img).  Refuses, before changing anything, an image the\n"
+	  "target would refuse in its header, one a process holds QEMU's lock\n"
+	  "on, and one attached or mapped already.  A regular file is grown\n"
+	  "(sparse) so that every cluster of the virtual size can be allocated,\n"
+	  "and attached to a loop device with direct I/O.  The device gets the\n"
+	  "dm UUID QCOW2DEDUP-<hash of the image's path>.  If the target refuses\n"
+	  "the image, the loop device is detached and the file cut back.\n"
+	  "  --readonly            a read-only device (and loop device)\n"
+	  "  table options         as for 'table': --hash, --verify, --nodedup,\n"
+	  "                        --index-limit, --flush-interval\n", false },
+	{ "deactivate", cmd_deactivate,
+	  "deactivate NAME|IMAGE",
+	  "Remove the device activated from IMAGE (or named NAME), detach its\n"
+	  "loop device and trim the file back to the image's end.\n", false },
+	{ "list", cmd_list,
+	  "list",
+	  "The mapped qcow2dedup devices: name, mode, bytes saved, image.\n", false },
+	{ "stats", cmd_stats,
+	  "stats NAME [--json]",
+	  "Usage and dedup counters of device NAME: virtual and physical size,\n"
+	  "bytes saved, dedup hits, zero clusters, index memory, the dedup\n"
+	  "table's state, rebuild progress, mode.\n"
+	  "  --json                one JSON object with every status field and\n"
+	  "                        every pair of the target's stats message\n", false },
 	{ "hash", cmd_hash,
 	  "hash ALG FILE",
 	  "Debugging aid: print the digest of the whole of FILE ('-' for standard\n"
@@ -106,8 +132,9 @@ void usage(FILE *f, const char *cmd)
 		return;
 	}
 	fputs("Usage: qcow2dedup COMMAND [ARGS]\n\n"
-	      "Userspace companion of the dm-qcow2dedup device-mapper target; it\n"
-	      "only reads images (regular files or block devices).\n\nCommands:\n", f);
+	      "Userspace companion of the dm-qcow2dedup device-mapper target.\n"
+	      "table, info and check only read images (regular files or block\n"
+	      "devices); activate and deactivate run losetup and dmsetup.\n\nCommands:\n", f);
 	for (i = 0; i < NR_COMMANDS; i++)
 		if (!commands[i].hidden)
 			fprintf(f, "  qcow2dedup %s\n", commands[i].synopsis);
@@ -150,14 +177,6 @@ int parse_image_args(int argc, char **argv, const char **image, bool *json)
 	*image = argv[optind];
 	return 0;
 }
-
-struct table_opts {
-	const char *hash;
-	bool verify;
-	bool nodedup;
-	const char *index_limit;
-	const char *flush_interval;
-};
 
 /* A decimal number in [@min, @max], as the target's kstrto*() parse it. */
 static bool valid_number(const char *s, unsigned long long min,
@@ -222,7 +241,7 @@ static int parse_table_args(int argc, char **argv, struct table_opts *o,
 }
 
 /* The checks the target's option parser makes, so dmsetup does not fail. */
-static int check_table_opts(const struct table_opts *o)
+int check_table_opts(const struct table_opts *o)
 {
 	if (o->hash && (!*o->hash || strchr(o->hash, ' ') ||
 			strlen(o->hash) >= HASH_NAME_MAX)) {
@@ -252,7 +271,7 @@ static int check_table_opts(const struct table_opts *o)
  * The hash for the table line: --hash, else a usable dedup table's own
  * digest (the target does not use a table made with another digest).
  */
-static const char *table_hash(struct image *img, const struct table_opts *o)
+const char *table_hash(struct image *img, const struct table_opts *o)
 {
 	static char kept[QDT_HASH_NAME_LEN + 1];
 	const char *hash = o->hash;
@@ -279,11 +298,14 @@ static const char *table_hash(struct image *img, const struct table_opts *o)
 	return hash;
 }
 
-static void print_table_line(const char *dev, struct image *img,
-			     const struct table_opts *o, const char *hash)
+/* "0 <sectors> qcow2dedup DEV [<#args> <args>]" into @buf (no newline). */
+int format_table_line(char *buf, size_t len, const char *dev,
+		      const struct image *img, const struct table_opts *o,
+		      const char *hash)
 {
 	const char *words[10];
-	int n = 0, i;
+	size_t used;
+	int n = 0, i, r;
 
 	if (o->nodedup)
 		words[n++] = "nodedup";
@@ -301,18 +323,31 @@ static void print_table_line(const char *dev, struct image *img,
 		words[n++] = "flush_interval";
 		words[n++] = o->flush_interval;
 	}
-	printf("0 %" PRIu64 " qcow2dedup %s", img->virtual_size / SECTOR_SIZE, dev);
-	if (n)
-		printf(" %d", n);
-	for (i = 0; i < n; i++)
-		printf(" %s", words[i]);
-	putchar('\n');
+	r = snprintf(buf, len, "0 %" PRIu64 " qcow2dedup %s",
+		     img->virtual_size / SECTOR_SIZE, dev);
+	if (r < 0 || (size_t)r >= len)
+		return -1;
+	used = (size_t)r;
+	if (n) {
+		r = snprintf(buf + used, len - used, " %d", n);
+		if (r < 0 || (size_t)r >= len - used)
+			return -1;
+		used += (size_t)r;
+	}
+	for (i = 0; i < n; i++) {
+		r = snprintf(buf + used, len - used, " %s", words[i]);
+		if (r < 0 || (size_t)r >= len - used)
+			return -1;
+		used += (size_t)r;
+	}
+	return 0;
 }
 
 int cmd_table(int argc, char **argv)
 {
 	struct table_opts o = { 0 };
 	const char *image, *hash;
+	char line[TABLE_LINE_MAX];
 	struct image img;
 	int r;
 
@@ -335,8 +370,13 @@ int cmd_table(int argc, char **argv)
 	if (!img.blockdev)
 		fprintf(stderr, "qcow2dedup: note: %s is a regular file; dmsetup needs a "
 			"block device: losetup --find --show %s\n", image, image);
-	print_table_line(image, &img, &o, hash);
+	r = format_table_line(line, sizeof(line), image, &img, &o, hash);
 	image_close(&img);
+	if (r) {
+		errmsg("table: the table line is too long");
+		return EXIT_USAGE;
+	}
+	puts(line);
 	return EXIT_OK;
 }
 

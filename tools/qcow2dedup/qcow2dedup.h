@@ -53,10 +53,34 @@ static inline uint64_t align_up(uint64_t v, uint64_t a)
 void usage(FILE *f, const char *cmd);
 int parse_image_args(int argc, char **argv, const char **image, bool *json);
 
+#define SECTOR_SIZE	512U
+#define TABLE_LINE_MAX	4352U	/* a path, a hash name and the numbers */
+
+struct image;
+
+/* Optional arguments of the table line (qcow2dedup.c). */
+struct table_opts {
+	const char *hash;
+	bool verify;
+	bool nodedup;
+	const char *index_limit;
+	const char *flush_interval;
+};
+
+int check_table_opts(const struct table_opts *o);
+const char *table_hash(struct image *img, const struct table_opts *o);
+int format_table_line(char *buf, size_t len, const char *dev,
+		      const struct image *img, const struct table_opts *o,
+		      const char *hash);
+
 /* Commands (argv[0] is the command name). */
 int cmd_table(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+int cmd_activate(int argc, char **argv);
+int cmd_deactivate(int argc, char **argv);
+int cmd_list(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
 
 #endif /* QCOW2DEDUP_H */
