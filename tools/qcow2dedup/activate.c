@@ -55,7 +55,20 @@
  * @out (NUL-terminated, at most @len - 1 bytes kept) unless @out is NULL,
  * its standard error to ours.  Returns its exit status, or -1.
  */
+static int run(char *const argv[], char *out, size_t len, bool quiet);
+
 int run_cmd(char *const argv[], char *out, size_t len)
+{
+	return run(argv, out, len, false);
+}
+
+/* run_cmd() with the command's standard error discarded. */
+int run_cmd_quiet(char *const argv[], char *out, size_t len)
+{
+	return run(argv, out, len, true);
+}
+
+static int run(char *const argv[], char *out, size_t len, bool quiet)
 {
 	int pipefd[2] = { -1, -1 }, status;
 	size_t used = 0;
@@ -71,6 +84,12 @@ int run_cmd(char *const argv[], char *out, size_t len)
 		return -1;
 	}
 	if (!pid) {
+		if (quiet) {
+			int null = open("/dev/null", O_WRONLY);
+
+			if (null >= 0)
+				dup2(null, STDERR_FILENO);
+		}
 		if (out) {
 			dup2(pipefd[1], STDOUT_FILENO);
 			close(pipefd[0]);

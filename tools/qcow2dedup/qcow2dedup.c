@@ -99,6 +99,19 @@ static const struct command commands[] = {
 	  "table's state, rebuild progress, mode.\n"
 	  "  --json                one JSON object with every status field and\n"
 	  "                        every pair of the target's stats message\n", false },
+	{ "activate-all", cmd_activate_all,
+	  "activate-all [--tab FILE]",
+	  "Activate every device of FILE (/etc/qcow2deduptab) that is not active:\n"
+	  "one per line, 'NAME IMAGE|DEV [OPTIONS]', OPTIONS '-' or a comma-\n"
+	  "separated list of readonly, verify, nodedup, hash=ALG, index-limit=MIB,\n"
+	  "flush-interval=MS; '#' starts a comment.  Exit status 1 when a line\n"
+	  "failed (the others are still activated).\n"
+	  "  --tab FILE            another file\n", false },
+	{ "deactivate-all", cmd_deactivate_all,
+	  "deactivate-all [--tab FILE]",
+	  "Deactivate the active devices of FILE (/etc/qcow2deduptab), last line\n"
+	  "first.\n"
+	  "  --tab FILE            another file\n", false },
 	{ "hash", cmd_hash,
 	  "hash ALG FILE",
 	  "Debugging aid: print the digest of the whole of FILE ('-' for standard\n"

@@ -21,7 +21,10 @@
 # message stats` and status taken at the same moment; deactivate by image
 # path.  On the host: the loop device and mapping are gone, qcheck is
 # clean, the data equal to the expected image, and the file ends where
-# qemu-img check says the image ends.
+# qemu-img check says the image ends.  Last, what qcow2dedup.service runs:
+# activate-all of a tab (img.qcow2 again with verify and xxhash64, a copy
+# of the original read-only), again (both "active already"), deactivate-all
+# (both gone, no loop device left), and a tab line with an unknown option.
 # shellcheck source=tools/testing/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$WORK"
@@ -40,6 +43,7 @@ cp img.qcow2 bad.qcow2
 l1=$(python3 "$PATCH" bad.qcow2 40 8 get)
 python3 "$PATCH" bad.qcow2 "$l1" 8 or 0x1 >/dev/null
 sha256sum back.qcow2 bad.qcow2 >refused.sha
+cp base.qcow2 ro.qcow2
 python3 - <<'PY'
 import random
 M = 1 << 20
@@ -92,6 +96,25 @@ $T deactivate "$PWD/img.qcow2" || bad "deactivate"
 dmsetup info vm1 >/dev/null 2>&1 && bad "vm1 still there"
 $T list >list2.txt
 grep -q vm1 list2.txt && bad "list shows vm1 after deactivate"
+# What qcow2dedup.service runs: activate-all and deactivate-all of a tab.
+cat >tab <<TAB
+# a comment, then two devices
+vm1   $PWD/img.qcow2   verify,hash=xxhash64
+ro1   $PWD/ro.qcow2    readonly
+TAB
+$T activate-all --tab tab || bad "activate-all"
+dmsetup table vm1 | grep -q " 3 verify hash xxhash64$" || bad "vm1's table: $(dmsetup table vm1)"
+dmsetup info ro1 | grep -q "READ-ONLY" || bad "ro1 not read-only: $(dmsetup info ro1)"
+$T activate-all --tab tab >again.out || bad "activate-all again"
+grep -c "active already" again.out | grep -qx 2 || bad "second activate-all: $(cat again.out)"
+same w4.bin /dev/mapper/vm1 8
+$T deactivate-all --tab tab || bad "deactivate-all"
+dmsetup info vm1 >/dev/null 2>&1 && bad "vm1 left by deactivate-all"
+dmsetup info ro1 >/dev/null 2>&1 && bad "ro1 left by deactivate-all"
+[ -z "$(losetup -a)" ] || bad "loop devices left: $(losetup -a)"
+echo 'x /nonexistent.qcow2 bogus' >bad.tab
+$T activate-all --tab bad.tab 2>badtab.err && bad "a tab with an unknown option"
+grep -q "bad.tab:1: x: unknown option 'bogus'" badtab.err || bad "bad tab: $(cat badtab.err)"
 echo act-done
 exit $rc
 EOF
@@ -143,4 +166,6 @@ qemu-img compare -q -f raw -F qcow2 exp.raw img.qcow2 || fail "content differs"
 qemu-img check --output=json img.qcow2 >end.json 2>/dev/null || true
 end=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image-end-offset"])' end.json)
 [ "$(stat -c %s img.qcow2)" = "$end" ] || fail "file is $(stat -c %s img.qcow2) bytes, the image ends at $end"
+qemu-img compare -q base.qcow2 ro.qcow2 || fail "the read-only activation changed ro.qcow2's contents"
+no_corruption ro.qcow2
 log "activate/deactivate/list/stats: ok (grown to $(cat grown.size), trimmed to $end)"
