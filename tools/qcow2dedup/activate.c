@@ -132,7 +132,7 @@ static int run(char *const argv[], char *out, size_t len, bool quiet)
  * (UML's hostfs truncates through the inode's first descriptor, and
  * fails with EINVAL when that one is read-only).
  */
-static int set_size(const char *path, uint64_t size)
+int set_file_size(const char *path, uint64_t size)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC), r;
 
@@ -430,7 +430,7 @@ int cmd_activate(int argc, char **argv)
 					   img.cluster_size) :
 				  wanted_size(&img, end > orig_size ? end : orig_size);
 		if (want > orig_size) {
-			if (set_size(path, want)) {
+			if (set_file_size(path, want)) {
 				errmsg("%s: cannot grow to %" PRIu64 " bytes: %s",
 				       path, want, strerror(errno));
 				goto out;
@@ -479,7 +479,7 @@ undo:
 
 		run_cmd(detach, NULL, 0);
 	}
-	if (grown && set_size(path, orig_size))
+	if (grown && set_file_size(path, orig_size))
 		errmsg("%s: cannot cut back to %" PRIu64 " bytes: %s", path,
 		       orig_size, strerror(errno));
 out:
@@ -547,7 +547,7 @@ static int trim_image(const char *file)
 		goto out;
 	r = 0;
 	if (end && end < size) {
-		r = set_size(file, end);
+		r = set_file_size(file, end);
 		if (r)
 			errmsg("%s: cannot trim to %" PRIu64 " bytes: %s", file,
 			       end, strerror(errno));

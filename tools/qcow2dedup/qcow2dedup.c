@@ -99,6 +99,16 @@ static const struct command commands[] = {
 	  "table's state, rebuild progress, mode.\n"
 	  "  --json                one JSON object with every status field and\n"
 	  "                        every pair of the target's stats message\n", false },
+	{ "resize", cmd_resize,
+	  "resize NAME SIZE",
+	  "Grow the virtual disk of active device NAME to SIZE (as qemu-img takes\n"
+	  "it: bytes or with K, M, G, T; +SIZE grows by SIZE): suspend, grow the\n"
+	  "file and its loop device, qemu-img resize, reload with the new length,\n"
+	  "resume.  On a failure the device is resumed as it was.\n", false },
+	{ "snapshot", cmd_snapshot,
+	  "snapshot NAME create|delete TAG | snapshot NAME list",
+	  "An internal snapshot of the image of active device NAME: suspend,\n"
+	  "qemu-img snapshot -c/-d TAG, resume; list runs qemu-img snapshot -l.\n", false },
 	{ "activate-all", cmd_activate_all,
 	  "activate-all [--tab FILE]",
 	  "Activate every device of FILE (/etc/qcow2deduptab) that is not active:\n"

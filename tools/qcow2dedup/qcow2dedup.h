@@ -83,6 +83,8 @@ int cmd_deactivate(int argc, char **argv);
 int cmd_list(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_activate_all(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 int cmd_deactivate_all(int argc, char **argv);
 
 #endif /* QCOW2DEDUP_H */
