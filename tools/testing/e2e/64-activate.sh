@@ -25,6 +25,9 @@
 # activate-all of a tab (img.qcow2 again with verify and xxhash64, a copy
 # of the original read-only), again (both "active already"), deactivate-all
 # (both gone, no loop device left), and a tab line with an unknown option.
+# And a block device (/dev/ubda, a 16 MiB image on 48 MiB): activated
+# without a loop, a second activation refused by its holder, 4 MiB written,
+# deactivated by its path with its size untouched; qcheck, data exact.
 # shellcheck source=tools/testing/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$WORK"
@@ -44,6 +47,8 @@ l1=$(python3 "$PATCH" bad.qcow2 40 8 get)
 python3 "$PATCH" bad.qcow2 "$l1" 8 or 0x1 >/dev/null
 sha256sum back.qcow2 bad.qcow2 >refused.sha
 cp base.qcow2 ro.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=65536 dev.qcow2 16M
+truncate -s 48M dev.qcow2	# a device larger than the image, as an LV is
 python3 - <<'PY'
 import random
 M = 1 << 20
@@ -112,13 +117,23 @@ $T deactivate-all --tab tab || bad "deactivate-all"
 dmsetup info vm1 >/dev/null 2>&1 && bad "vm1 left by deactivate-all"
 dmsetup info ro1 >/dev/null 2>&1 && bad "ro1 left by deactivate-all"
 [ -z "$(losetup -a)" ] || bad "loop devices left: $(losetup -a)"
+# A block device: no loop, no growing; a second activation is refused by
+# its holder; deactivate by the device's path leaves it as it is.
+$T activate /dev/ubda blk || bad "activate /dev/ubda"
+$T activate /dev/ubda blk2 2>blk.err && bad "a second activation of /dev/ubda"
+grep -q "in use by /dev/mapper/blk" blk.err || bad "second activation of /dev/ubda: $(cat blk.err)"
+put w4.bin /dev/mapper/blk 0
+same w4.bin /dev/mapper/blk 0
+$T stats blk | grep -Eq "^Image +98:0$" || bad "stats blk: $($T stats blk)"
+$T deactivate /dev/ubda || bad "deactivate /dev/ubda"
+dmsetup info blk >/dev/null 2>&1 && bad "blk left"
 echo 'x /nonexistent.qcow2 bogus' >bad.tab
 $T activate-all --tab bad.tab 2>badtab.err && bad "a tab with an unknown option"
 grep -q "bad.tab:1: x: unknown option 'bogus'" badtab.err || bad "bad tab: $(cat badtab.err)"
 echo act-done
 exit $rc
 EOF
-run_inner act
+run_inner act -d dev.qcow2
 
 sha256sum -c --quiet refused.sha || fail "a refused activation changed its image"
 grep -q '^QCOW2DEDUP-[0-9a-f]\{32\}$' uuid.txt || fail "dm UUID: $(cat uuid.txt)"
@@ -166,6 +181,10 @@ qemu-img compare -q -f raw -F qcow2 exp.raw img.qcow2 || fail "content differs"
 qemu-img check --output=json img.qcow2 >end.json 2>/dev/null || true
 end=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image-end-offset"])' end.json)
 [ "$(stat -c %s img.qcow2)" = "$end" ] || fail "file is $(stat -c %s img.qcow2) bytes, the image ends at $end"
+[ "$(stat -c %s dev.qcow2)" = $((48 * M)) ] || fail "deactivate changed the device's size"
+qcheck dev.qcow2
+qemu-img convert -O raw dev.qcow2 dev.raw
+cmp -n $((4 * M)) dev.raw w4.bin || fail "dev.qcow2 does not hold what was written"
 qemu-img compare -q base.qcow2 ro.qcow2 || fail "the read-only activation changed ro.qcow2's contents"
 no_corruption ro.qcow2
 log "activate/deactivate/list/stats: ok (grown to $(cat grown.size), trimmed to $end)"
