@@ -27,8 +27,10 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -84,6 +86,11 @@ static int run(char *const argv[], char *out, size_t len, bool quiet)
 		return -1;
 	}
 	if (!pid) {
+		sigset_t none;
+
+		/* resize and snapshot block signals around a suspend. */
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
 		if (quiet) {
 			int null = open("/dev/null", O_WRONLY);
 
@@ -149,17 +156,60 @@ int set_file_size(const char *path, uint64_t size)
 	return close(fd);
 }
 
-/* The dm UUID of an image: a hash of its canonical path. */
-static int image_uuid(const char *path, char *uuid, size_t len)
+/*
+ * The device node of block device @maj:@min ("/dev/" + its kernel name),
+ * from sysfs: a loop device's minor is not its number when loop devices
+ * have partitions.
+ */
+int dev_node(unsigned int maj, unsigned int min, char *buf, size_t len)
+{
+	char path[128], line[256];
+	FILE *f;
+
+	*buf = '\0';
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/uevent", maj, min);
+	f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "DEVNAME=", 8)) {
+			line[strcspn(line, "\n")] = '\0';
+			snprintf(buf, len, "/dev/%s", line + 8);
+		}
+	if (f)
+		fclose(f);
+	return *buf ? 0 : -1;
+}
+
+/*
+ * The dm UUID of an image: a hash of what names it for good: a device
+ * mapper device's own UUID (an LV's "LVM-..."), else the canonical path
+ * (of a file; of a disk, /dev/sdX, which may change across boots).
+ */
+int image_uuid(const char *path, char *uuid, size_t len)
 {
 	const struct hash_alg *sha = hash_find("sha256");
 	uint8_t digest[HASH_MAX_DIGEST];
 	char real[PATH_MAX];
+	struct stat st;
 	unsigned int i;
 
-	if (!realpath(path, real)) {
+	if (!realpath(path, real) || stat(real, &st)) {
 		errmsg("%s: %s", path, strerror(errno));
 		return -1;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		char sys[128], dmuuid[256] = "";
+		FILE *f;
+
+		snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u/dm/uuid",
+			 major(st.st_rdev), minor(st.st_rdev));
+		f = fopen(sys, "r");
+		if (f && fgets(dmuuid, sizeof(dmuuid), f)) {
+			dmuuid[strcspn(dmuuid, "\n")] = '\0';
+			if (*dmuuid)
+				snprintf(real, sizeof(real), "dm:%s", dmuuid);
+		}
+		if (f)
+			fclose(f);
 	}
 	if (!sha || hash_digest(sha, real, strlen(real), digest) ||
 	    len < sizeof(UUID_PREFIX) + 32)
@@ -336,7 +386,7 @@ int cmd_activate(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	char line[TABLE_LINE_MAX], uuid[64], namebuf[256], who[PATH_MAX];
-	char loopdev[OUT_MAX] = "", loops[OUT_MAX];
+	char loopdev[OUT_MAX] = "", loops[OUT_MAX], devnum[32];
 	uint64_t orig_size = 0, end, want;
 	struct table_opts o = { 0 };
 	const char *path, *name, *hash, *why, *dev;
@@ -378,6 +428,12 @@ int cmd_activate(int argc, char **argv)
 	why = refusal(&img);
 	if (why) {
 		errmsg("%s: refused: %s", path, why);
+		goto out;
+	}
+	/* One qcow2dedup command at a time on a file (released at close). */
+	if (!img.blockdev && flock(img.fd, LOCK_EX | LOCK_NB)) {
+		errmsg("%s: refused: another qcow2dedup command is working on it",
+		       path);
 		goto out;
 	}
 	if (qemu_locked(img.fd)) {
@@ -438,7 +494,16 @@ int cmd_activate(int argc, char **argv)
 			grown = true;
 		}
 		if (run_cmd(losetup, loopdev, sizeof(loopdev)) || !*loopdev) {
-			/* File systems without O_DIRECT (tmpfs, hostfs). */
+			/*
+			 * File systems without O_DIRECT (tmpfs, hostfs).  An
+			 * older losetup attaches first and fails after.
+			 */
+			if (*loopdev) {
+				char *detach[] = { "losetup", "-d", loopdev, NULL };
+
+				loopdev[strcspn(loopdev, "\n")] = '\0';
+				run_cmd(detach, NULL, 0);
+			}
 			losetup[3] = "--direct-io=off";
 			fprintf(stderr, "qcow2dedup: note: %s: no direct I/O on its "
 				"file system; the loop device goes through the page "
@@ -452,7 +517,10 @@ int cmd_activate(int argc, char **argv)
 		loopdev[strcspn(loopdev, "\n")] = '\0';
 		dev = loopdev;
 	} else {
-		dev = path;
+		/* major:minor: a path may hold blanks the table cannot. */
+		snprintf(devnum, sizeof(devnum), "%u:%u", major(st.st_rdev),
+			 minor(st.st_rdev));
+		dev = devnum;
 	}
 	if (format_table_line(line, sizeof(line), dev, &img, &o, hash)) {
 		errmsg("activate: the table line is too long");
@@ -479,9 +547,19 @@ undo:
 
 		run_cmd(detach, NULL, 0);
 	}
-	if (grown && set_file_size(path, orig_size))
-		errmsg("%s: cannot cut back to %" PRIu64 " bytes: %s", path,
-		       orig_size, strerror(errno));
+	/* Cut back only what nothing uses: no loop on it, no device of ours. */
+	if (grown) {
+		char *info[] = { "dmsetup", "info", "-u", uuid, NULL };
+		char out[4096];
+
+		if (loops_of(path, loops, sizeof(loops)) || *loops ||
+		    !run_cmd_quiet(info, out, sizeof(out)))
+			errmsg("%s: in use after all: left at %" PRIu64 " bytes",
+			       path, want);
+		else if (set_file_size(path, orig_size))
+			errmsg("%s: cannot cut back to %" PRIu64 " bytes: %s", path,
+			       orig_size, strerror(errno));
+	}
 out:
 	image_close(&img);
 	return r;
@@ -526,22 +604,30 @@ static void loop_backing_file(unsigned int maj, unsigned int min, char *file,
 }
 
 /*
- * Cut an image file back to its end, as QEMU leaves it: only when nothing
- * has it attached any more.
+ * Cut an image file back to its end, as QEMU leaves it: only the file the
+ * loop device had (@ino on @fsdev), only when nothing has it attached any
+ * more, nobody holds QEMU's lock on it, and no other qcow2dedup command
+ * works on it.
  */
-static int trim_image(const char *file)
+static int trim_image(const char *file, unsigned long long ino,
+		      unsigned int fsmaj, unsigned int fsmin)
 {
 	char loops[OUT_MAX];
 	struct image img;
 	uint64_t end, size;
+	struct stat st;
 	int r = -1;
 
-	if (loops_of(file, loops, sizeof(loops)) || *loops) {
-		errmsg("%s: still attached to %s; not trimmed", file, loops);
-		return -1;
-	}
 	if (image_open(&img, file))
 		goto out;
+	if (flock(img.fd, LOCK_EX | LOCK_NB) || fstat(img.fd, &st) ||
+	    st.st_ino != ino || major(st.st_dev) != fsmaj ||
+	    minor(st.st_dev) != fsmin || qemu_locked(img.fd) ||
+	    loops_of(file, loops, sizeof(loops)) || *loops) {
+		errmsg("%s: in use, or not the file the loop device had: not "
+		       "trimmed", file);
+		goto out;
+	}
 	size = img.size;
 	if (image_end(&img, &end))
 		goto out;
@@ -559,10 +645,25 @@ out:
 	return r;
 }
 
+/* The name of the device with dm UUID @uuid into @name, or -1. */
+static int dm_name_of_uuid(const char *uuid, char *name, size_t len)
+{
+	char *info[] = { "dmsetup", "info", "-c", "--noheadings", "-o", "name",
+			 "-u", (char *)uuid, NULL };
+
+	if (run_cmd_quiet(info, name, len) || !*name)
+		return -1;
+	name[strcspn(name, "\n")] = '\0';
+	return 0;
+}
+
 int cmd_deactivate(int argc, char **argv)
 {
-	char uuid[64], name[256], file[PATH_MAX], loopdev[64];
-	unsigned int maj, min;
+	char uuid[64], dmuuid[128], name[256], file[PATH_MAX], loopdev[300];
+	char back[128];
+	unsigned long long ino = 0;
+	unsigned int maj, min, fsmaj = 0, fsmin = 0;
+	const char *arg;
 	struct stat st;
 
 	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
@@ -574,29 +675,49 @@ int cmd_deactivate(int argc, char **argv)
 		usage(stderr, argv[0]);
 		return EXIT_USAGE;
 	}
-	/* An image file or device: its device by the UUID activate gave it. */
-	if (!strchr(argv[1], '/') || stat(argv[1], &st) ||
-	    !strncmp(argv[1], "/dev/mapper/", 12)) {
-		const char *n = strncmp(argv[1], "/dev/mapper/", 12) ? argv[1] :
-				argv[1] + 12;
+	/*
+	 * A device name (or /dev/mapper/NAME); else an image file or device:
+	 * its device by the UUID activate gave it.
+	 */
+	arg = strncmp(argv[1], "/dev/mapper/", 12) ? argv[1] : argv[1] + 12;
+	snprintf(name, sizeof(name), "%s", arg);
+	if (arg == argv[1] && !strchr(arg, '/')) {
+		char *info[] = { "dmsetup", "info", (char *)arg, NULL };
+		char out[4096];
 
-		snprintf(name, sizeof(name), "%s", n);
-	} else {
-		char *info[] = { "dmsetup", "info", "-c", "--noheadings", "-o", "name",
-				 "-u", uuid, NULL };
-
-		if (image_uuid(argv[1], uuid, sizeof(uuid)))
+		if (!run_cmd_quiet(info, out, sizeof(out)))
+			goto named;
+	}
+	if (arg == argv[1] && !stat(arg, &st)) {
+		if (image_uuid(arg, uuid, sizeof(uuid)))
 			return EXIT_USAGE;
-		if (run_cmd(info, name, sizeof(name)) || !*name) {
+		if (dm_name_of_uuid(uuid, name, sizeof(name))) {
 			errmsg("%s: no device activated from it (dm UUID %s)",
-			       argv[1], uuid);
+			       arg, uuid);
 			return EXIT_USAGE;
 		}
-		name[strcspn(name, "\n")] = '\0';
 	}
+named:
 	if (qcow2dedup_dev(name, &maj, &min))
 		return EXIT_USAGE;
 	loop_backing_file(maj, min, file, sizeof(file));
+	*dmuuid = '\0';
+	if (*file) {
+		char *info[] = { "dmsetup", "info", "-c", "--noheadings", "-o", "uuid",
+				 name, NULL };
+		char *bk[] = { "losetup", "--noheadings", "-O", "BACK-INO,BACK-MAJ:MIN",
+			       loopdev, NULL };
+
+		if (run_cmd(info, dmuuid, sizeof(dmuuid)))
+			*dmuuid = '\0';
+		dmuuid[strcspn(dmuuid, "\n")] = '\0';
+		/* Only a loop activate attached: its UUID names the file. */
+		if (image_uuid(file, uuid, sizeof(uuid)) || strcmp(uuid, dmuuid) ||
+		    dev_node(maj, min, loopdev, sizeof(loopdev)) ||
+		    run_cmd(bk, back, sizeof(back)) ||
+		    sscanf(back, " %llu %u:%u", &ino, &fsmaj, &fsmin) != 3)
+			*file = '\0';
+	}
 	{
 		char *remove[] = { "dmsetup", "remove", name, NULL };
 
@@ -608,8 +729,7 @@ int cmd_deactivate(int argc, char **argv)
 	printf("%s: removed\n", name);
 	if (!*file)
 		return EXIT_OK;
-	/* A loop device activate attached: detach it, trim the file. */
-	snprintf(loopdev, sizeof(loopdev), "/dev/loop%u", min);
+	/* The loop device activate attached: detach it, trim the file. */
 	{
 		char *detach[] = { "losetup", "-d", loopdev, NULL };
 
@@ -619,7 +739,7 @@ int cmd_deactivate(int argc, char **argv)
 		}
 	}
 	printf("%s: detached from %s\n", loopdev, file);
-	return trim_image(file) ? EXIT_USAGE : EXIT_OK;
+	return trim_image(file, ino, fsmaj, fsmin) ? EXIT_USAGE : EXIT_OK;
 }
 
 /* Field @n (0-based) of a dmsetup status line after "<start> <len> <target>". */

@@ -15,6 +15,8 @@ int run_cmd(char *const argv[], char *out, size_t len);
 int run_cmd_quiet(char *const argv[], char *out, size_t len);
 int image_end(struct image *img, uint64_t *end);
 int set_file_size(const char *path, uint64_t size);
+int dev_node(unsigned int maj, unsigned int min, char *buf, size_t len);
+int image_uuid(const char *path, char *uuid, size_t len);
 const char *status_field(const char *status, unsigned int n, char *buf,
 			 size_t len);
 const char *stats_value(const char *stats, const char *key, char *buf,

@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -35,6 +36,7 @@ struct mapped {
 	const char *args;			/* after "qcow2dedup" */
 	char devnode[300];			/* /dev/... of major:minor */
 	char file[PATH_MAX];			/* a loop device's file, or "" */
+	bool writable;				/* status mode "write" */
 };
 
 /* The table of qcow2dedup device @name and the device node it maps. */
@@ -42,7 +44,7 @@ static int mapped_get(const char *name, struct mapped *m)
 {
 	char *argv[] = { "dmsetup", "table", (char *)name, NULL };
 	unsigned long long start;
-	char target[32], path[128], line[256];
+	char target[32], path[128];
 	unsigned int maj, min;
 	int off = 0;
 	FILE *f;
@@ -58,19 +60,17 @@ static int mapped_get(const char *name, struct mapped *m)
 		return -1;
 	}
 	m->args = m->table + off;
-	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/uevent", maj, min);
-	*m->devnode = '\0';
-	f = fopen(path, "r");
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "DEVNAME=", 8)) {
-			line[strcspn(line, "\n")] = '\0';
-			snprintf(m->devnode, sizeof(m->devnode), "/dev/%s", line + 8);
-		}
-	if (f)
-		fclose(f);
-	if (!*m->devnode) {
+	if (dev_node(maj, min, m->devnode, sizeof(m->devnode))) {
 		errmsg("%s: no device node for %u:%u", name, maj, min);
 		return -1;
+	}
+	{
+		char *st[] = { "dmsetup", "status", (char *)name, NULL };
+		char status[1024], mode[32];
+
+		m->writable = !run_cmd(st, status, sizeof(status)) &&
+			      status_field(status, 0, mode, sizeof(mode)) &&
+			      !strcmp(mode, "write");
 	}
 	*m->file = '\0';
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", maj, min);
@@ -81,6 +81,23 @@ static int mapped_get(const char *name, struct mapped *m)
 		fclose(f);
 	}
 	return 0;
+}
+
+/*
+ * SIGINT, SIGTERM and SIGHUP wait while the device is suspended: an
+ * interrupted command would leave it so, with its users' I/O hanging.
+ * (qemu-img, in the same process group, still gets them and fails; the
+ * device is then resumed.)
+ */
+static void hold_signals(sigset_t *old)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, old);
 }
 
 static int dm(const char *verb, const char *name)
@@ -118,6 +135,7 @@ static bool help_asked(int argc, char **argv)
 
 int cmd_snapshot(int argc, char **argv)
 {
+	sigset_t oldmask;
 	struct mapped m;
 	int r;
 
@@ -139,8 +157,16 @@ int cmd_snapshot(int argc, char **argv)
 
 		return qemu_img("snapshot", m.devnode, extra, true) ? EXIT_USAGE : EXIT_OK;
 	}
+	if (!m.writable) {
+		errmsg("%s: refused: the device is not in write mode (read-only "
+		       "activation, or degraded): its image is not to be written",
+		       m.name);
+		return EXIT_USAGE;
+	}
+	hold_signals(&oldmask);
 	if (dm("suspend", m.name)) {
 		errmsg("%s: dmsetup suspend failed", m.name);
+		sigprocmask(SIG_SETMASK, &oldmask, NULL);
 		return EXIT_USAGE;
 	}
 	{
@@ -153,19 +179,58 @@ int cmd_snapshot(int argc, char **argv)
 	if (dm("resume", m.name)) {
 		errmsg("%s: dmsetup resume failed: the device is suspended (the "
 		       "kernel log says why)", m.name);
+		sigprocmask(SIG_SETMASK, &oldmask, NULL);
 		return EXIT_USAGE;
 	}
+	sigprocmask(SIG_SETMASK, &oldmask, NULL);
 	if (!r)
 		printf("%s: snapshot %s %s\n", m.name, argv[3],
 		       !strcmp(argv[2], "create") ? "created" : "deleted");
 	return r ? EXIT_USAGE : EXIT_OK;
 }
 
-int cmd_resize(int argc, char **argv)
+/* The image's virtual size as it is now on @devnode, or 0. */
+static uint64_t current_vsize(const char *devnode, uint64_t *end)
+{
+	struct image img;
+	uint64_t v = 0;
+
+	if (!image_open(&img, devnode) && !image_end(&img, end))
+		v = img.virtual_size;
+	image_close(&img);
+	return v;
+}
+
+/*
+ * After the suspend of a resize: the device's table again, with the length
+ * the image has now (the old one when qemu-img failed, the new one when it
+ * did its part), so the resume never meets a length or device size the
+ * table does not match.  Returns 0 when the device is resumed.
+ */
+static int reload_resume(const struct mapped *m)
 {
 	char line[TABLE_LINE_MAX + 64];
+	uint64_t end, vsize = current_vsize(m->devnode, &end);
+	char *reload[] = { "dmsetup", "reload", (char *)m->name, "--table", line, NULL };
+
+	if (vsize && !(vsize % SECTOR_SIZE)) {
+		snprintf(line, sizeof(line), "0 %" PRIu64 " qcow2dedup %s",
+			 vsize / SECTOR_SIZE, m->args);
+		if (run_cmd(reload, NULL, 0))
+			errmsg("%s: dmsetup reload failed", m->name);
+	}
+	if (dm("resume", m->name)) {
+		errmsg("%s: dmsetup resume failed: the device is suspended (the "
+		       "kernel log says why)", m->name);
+		return -1;
+	}
+	return 0;
+}
+
+int cmd_resize(int argc, char **argv)
+{
 	uint64_t end, vsize;
-	struct image img;
+	sigset_t oldmask;
 	struct mapped m;
 	int r = EXIT_USAGE;
 
@@ -181,9 +246,34 @@ int cmd_resize(int argc, char **argv)
 	}
 	if (mapped_get(argv[1], &m))
 		return EXIT_USAGE;
+	if (!m.writable) {
+		errmsg("%s: refused: the device is not in write mode (read-only "
+		       "activation, or degraded): its image is not to be written",
+		       m.name);
+		return EXIT_USAGE;
+	}
+	hold_signals(&oldmask);
 	if (dm("suspend", m.name)) {
 		errmsg("%s: dmsetup suspend failed", m.name);
+		sigprocmask(SIG_SETMASK, &oldmask, NULL);
 		return EXIT_USAGE;
+	}
+	/* A file: room for qemu-img's allocations, before it runs. */
+	if (*m.file) {
+		char *cap[] = { "losetup", "-c", m.devnode, NULL };
+		struct stat st;
+
+		vsize = current_vsize(m.devnode, &end);
+		if (!vsize || stat(m.file, &st)) {
+			errmsg("%s: cannot read the image", m.name);
+			goto resume;
+		}
+		if ((uint64_t)st.st_size < end + 2 * vsize + (16ULL << 20) &&
+		    (set_file_size(m.file, end + 2 * vsize + (16ULL << 20)) ||
+		     run_cmd(cap, NULL, 0))) {
+			errmsg("%s: cannot grow %s", m.name, m.file);
+			goto resume;
+		}
 	}
 	{
 		/* qemu-img refuses to shrink without --shrink: never given. */
@@ -195,60 +285,29 @@ int cmd_resize(int argc, char **argv)
 			 "driver=qcow2,file.driver=host_device,file.filename=%s,"
 			 "cache.direct=on", m.devnode);
 		if (run_cmd(resize, NULL, 0)) {
-			errmsg("%s: qemu-img resize %s failed; nothing changed",
+			errmsg("%s: qemu-img resize %s failed; the size is unchanged",
 			       m.name, argv[2]);
-			goto resume_old;
+			goto resume;
 		}
 	}
-	/* The new virtual size, and room for it in a file. */
-	if (image_open(&img, m.devnode)) {
-		image_close(&img);
-		goto resume_old;
-	}
-	vsize = img.virtual_size;
-	if (image_end(&img, &end)) {
-		image_close(&img);
-		goto resume_old;
-	}
-	image_close(&img);
-	if (*m.file) {
-		uint64_t want = end + 2 * vsize + (8ULL << 20);
+	/* Room for the new size's clusters in a file. */
+	vsize = current_vsize(m.devnode, &end);
+	if (*m.file && vsize) {
 		char *cap[] = { "losetup", "-c", m.devnode, NULL };
 		struct stat st;
+		uint64_t want = end + 2 * vsize + (8ULL << 20);
 
-		if (stat(m.file, &st) || ((uint64_t)st.st_size < want &&
-					  set_file_size(m.file, want)) ||
-		    run_cmd(cap, NULL, 0)) {
-			errmsg("%s: cannot grow %s for the new size", m.name, m.file);
-			goto resume_old;
-		}
+		if (!stat(m.file, &st) && (uint64_t)st.st_size < want &&
+		    (set_file_size(m.file, want) || run_cmd(cap, NULL, 0)))
+			errmsg("%s: cannot grow %s for the new size: new clusters "
+			       "may run out", m.name, m.file);
 	}
-	if (vsize % SECTOR_SIZE) {
-		errmsg("%s: new virtual size %" PRIu64 " is not a multiple of 512",
-		       m.name, vsize);
-		goto resume_old;
-	}
-	snprintf(line, sizeof(line), "0 %" PRIu64 " qcow2dedup %s",
-		 vsize / SECTOR_SIZE, m.args);
-	{
-		char *reload[] = { "dmsetup", "reload", m.name, "--table", line, NULL };
-
-		if (run_cmd(reload, NULL, 0)) {
-			errmsg("%s: dmsetup reload failed", m.name);
-			goto resume_old;
-		}
-	}
-	if (dm("resume", m.name)) {
-		errmsg("%s: dmsetup resume failed: the device is suspended (the "
-		       "kernel log says why)", m.name);
-		return EXIT_USAGE;
-	}
-	printf("%s: %" PRIu64 " bytes\n", m.name, vsize);
-	return EXIT_OK;
-resume_old:
-	if (dm("resume", m.name))
-		errmsg("%s: dmsetup resume failed: the device is suspended (the "
-		       "kernel log says why; after a resize, reload with the new "
-		       "length)", m.name);
+	r = EXIT_OK;
+resume:
+	if (reload_resume(&m))
+		r = EXIT_USAGE;
+	sigprocmask(SIG_SETMASK, &oldmask, NULL);
+	if (r == EXIT_OK)
+		printf("%s: %" PRIu64 " bytes\n", m.name, vsize);
 	return r;
 }

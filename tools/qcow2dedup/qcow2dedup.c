@@ -104,7 +104,8 @@ static const struct command commands[] = {
 	  "Grow the virtual disk of active device NAME to SIZE (as qemu-img takes\n"
 	  "it: bytes or with K, M, G, T; +SIZE grows by SIZE): suspend, grow the\n"
 	  "file and its loop device, qemu-img resize, reload with the new length,\n"
-	  "resume.  On a failure the device is resumed as it was.\n", false },
+	  "resume.  On a failure the table is reloaded with the size the image\n"
+	  "then has and the device resumed.\n", false },
 	{ "snapshot", cmd_snapshot,
 	  "snapshot NAME create|delete TAG | snapshot NAME list",
 	  "An internal snapshot of the image of active device NAME: suspend,\n"
@@ -266,7 +267,7 @@ static int parse_table_args(int argc, char **argv, struct table_opts *o,
 /* The checks the target's option parser makes, so dmsetup does not fail. */
 int check_table_opts(const struct table_opts *o)
 {
-	if (o->hash && (!*o->hash || strchr(o->hash, ' ') ||
+	if (o->hash && (!*o->hash || strpbrk(o->hash, " \t\n\r\v\f#") ||
 			strlen(o->hash) >= HASH_NAME_MAX)) {
 		errmsg("table: bad hash name '%s'", o->hash);
 		return -1;

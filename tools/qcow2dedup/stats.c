@@ -91,6 +91,7 @@ static void print_text(const char *name, const char *image, const char *status,
 		       const char *stats, const struct usage_numbers *u)
 {
 	char a[32], b[32], f[VALUE_MAX], g[VALUE_MAX];
+	const char *v;
 
 	printf("%-17s /dev/mapper/%s\n", "Device", name);
 	printf("%-17s %s\n", "Image", image);
@@ -116,13 +117,15 @@ static void print_text(const char *name, const char *image, const char *status,
 	human_size(num(STAT("index_limit_bytes", f)), b, sizeof(b));
 	printf("%-17s %s entries, %s of %s\n", "Index",
 	       STAT("index_entries", f), a, b);
-	if (!strcmp(STAT("table_state", g), "off"))
+	v = STAT("table_state", g);
+	if (!strcmp(v, "off"))
 		printf("%-17s off (%s)\n", "Dedup table", STAT("table_off", f));
 	else
-		printf("%-17s %s, %s entries in %s clusters\n", "Dedup table", g,
+		printf("%-17s %s, %s entries in %s clusters\n", "Dedup table", v,
 		       STAT("table_entries", f), STAT("table_clusters", a));
-	if (strcmp(STAT("rebuild_progress", f), "100"))
-		printf("%-17s %s%% done\n", "Rebuild", f);
+	v = STAT("rebuild_progress", f);
+	if (strcmp(v, "100"))
+		printf("%-17s %s%% done\n", "Rebuild", v);
 	else
 		printf("%-17s none running (%s since activation)\n", "Rebuild",
 		       STAT("rebuild_runs", f));
@@ -244,11 +247,14 @@ int cmd_stats(int argc, char **argv)
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", maj, min);
 	bf = fopen(path, "r");
 	if (bf) {
-		char file[4000];
+		char file[3900];
 
-		if (fgets(file, sizeof(file), bf)) {
+		char node[64];
+
+		if (fgets(file, sizeof(file), bf) &&
+		    !dev_node(maj, min, node, sizeof(node))) {
 			file[strcspn(file, "\n")] = '\0';
-			snprintf(image, sizeof(image), "%s (on /dev/loop%u)", file, min);
+			snprintf(image, sizeof(image), "%s (on %s)", file, node);
 		}
 		fclose(bf);
 	}

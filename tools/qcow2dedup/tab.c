@@ -36,12 +36,16 @@ struct tab_entry {
 	unsigned int line;
 };
 
-/* Parse @f into @e (at most TAB_MAX_LINES).  Returns the count, -1 on error. */
-static int tab_read(const char *path, FILE *f, struct tab_entry *e)
+/*
+ * Parse @f into @e (at most TAB_MAX_LINES).  Returns the count of good
+ * lines, -1 when the file cannot be read; *@bad is set when a line was
+ * skipped (reported).
+ */
+static int tab_read(const char *path, FILE *f, struct tab_entry *e, bool *bad)
 {
 	char buf[PATH_MAX + 1024];
 	unsigned int lineno = 0;
-	int n = 0, bad = 0;
+	int n = 0;
 
 	while (fgets(buf, sizeof(buf), f)) {
 		char name[256], image[PATH_MAX], opts[512], extra[2];
@@ -58,7 +62,7 @@ static int tab_read(const char *path, FILE *f, struct tab_entry *e)
 			continue;
 		if (fields < 2 || fields > 3) {
 			errmsg("%s:%u: expected NAME IMAGE|DEV [OPTIONS]", path, lineno);
-			bad = 1;
+			*bad = true;
 			continue;
 		}
 		if ((unsigned int)n == TAB_MAX_LINES) {
@@ -71,7 +75,7 @@ static int tab_read(const char *path, FILE *f, struct tab_entry *e)
 		e[n].line = lineno;
 		n++;
 	}
-	return bad ? -1 : n;
+	return n;
 }
 
 /* Append NUL-terminated @s to @store (at *@used); a pointer to the copy. */
@@ -116,7 +120,7 @@ static int tab_opts(const char *path, const struct tab_entry *e, char **argv,
 			known |= strlen(flags[k]) == nlen && !strncmp(tok, flags[k], nlen);
 		for (k = 0; eq && k < ARRAY_SIZE(valued); k++)
 			known |= strlen(valued[k]) == nlen && !strncmp(tok, valued[k], nlen);
-		if (!known || (unsigned int)i + 2 >= TAB_MAX_ARGS) {
+		if (!known || (unsigned int)i + 5 >= TAB_MAX_ARGS) {
 			errmsg("%s:%u: %s: unknown option '%.*s'", path, e->line,
 			       e->name, (int)tlen, tok);
 			return -1;
@@ -155,6 +159,7 @@ static int tab_command(int argc, char **argv, bool activate)
 	struct tab_entry *e;
 	char self[PATH_MAX];
 	int c, n, i, failed = 0;
+	bool bad = false;
 	ssize_t sl;
 	FILE *f;
 
@@ -196,8 +201,9 @@ static int tab_command(int argc, char **argv, bool activate)
 		errmsg("out of memory");
 		return EXIT_USAGE;
 	}
-	n = tab_read(path, f, e);
+	n = tab_read(path, f, e, &bad);
 	fclose(f);
+	failed = bad;
 	if (n < 0) {
 		free(e);
 		return EXIT_USAGE;
@@ -216,13 +222,15 @@ static int tab_command(int argc, char **argv, bool activate)
 		}
 		args[k++] = activate ? "activate" : "deactivate";
 		if (activate) {
-			args[k++] = t->image;
-			args[k++] = t->name;
 			k = tab_opts(path, t, args, k, store, sizeof(store));
 			if (k < 0) {
 				failed = 1;
 				continue;
 			}
+			/* Names and paths are never options, whatever they hold. */
+			args[k++] = "--";
+			args[k++] = t->image;
+			args[k++] = t->name;
 		} else {
 			args[k++] = t->name;
 		}

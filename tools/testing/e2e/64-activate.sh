@@ -127,9 +127,20 @@ same w4.bin /dev/mapper/blk 0
 $T stats blk | grep -Eq "^Image +98:0$" || bad "stats blk: $($T stats blk)"
 $T deactivate /dev/ubda || bad "deactivate /dev/ubda"
 dmsetup info blk >/dev/null 2>&1 && bad "blk left"
-echo 'x /nonexistent.qcow2 bogus' >bad.tab
+# A bad line does not stop the others.
+printf 'x /nonexistent.qcow2 bogus\nbroken\nok1 %s -\n' "$PWD/ro.qcow2" >bad.tab
 $T activate-all --tab bad.tab 2>badtab.err && bad "a tab with an unknown option"
 grep -q "bad.tab:1: x: unknown option 'bogus'" badtab.err || bad "bad tab: $(cat badtab.err)"
+grep -q "bad.tab:2: expected NAME IMAGE|DEV" badtab.err || bad "bad tab line 2: $(cat badtab.err)"
+dmsetup info ok1 >/dev/null 2>&1 || bad "the good line after bad ones was not activated"
+$T deactivate-all --tab bad.tab 2>/dev/null
+dmsetup info ok1 >/dev/null 2>&1 && bad "ok1 left"
+# A device and loop set up by hand: deactivate removes the device only.
+loop=$(losetup -f --show ro.qcow2)
+dmsetup create manual --table "0 $(( 32 << 11 )) qcow2dedup $loop" || bad "manual create"
+$T deactivate manual || bad "deactivate manual"
+[ "$(losetup -j ro.qcow2 | cut -d: -f1)" = "$loop" ] || bad "deactivate detached a loop it did not attach"
+losetup -d "$loop"
 echo act-done
 exit $rc
 EOF

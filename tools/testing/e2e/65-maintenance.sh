@@ -10,7 +10,8 @@
 # activate`.  A (4 MiB random) at 0; snapshot create s1; B (4 MiB) over A;
 # snapshot create tmp, list shows both, delete tmp; resize +32M: the device
 # is 64 MiB; C (4 MiB) at 40M, in the new part; a resize to 16M (smaller)
-# is refused and leaves the device working at 64 MiB.  Each range reads
+# is refused and leaves the device working at 64 MiB; resize and snapshot
+# of a device activated --readonly are refused.  Each range reads
 # back in UML after each step.  On the host after deactivation: qemu-img
 # finds no corruption, the active layer is B at 0 and C at 40M (qemu-img
 # compare), snapshot s1 exports as A (qemu-img convert -l), tmp is gone.
@@ -21,6 +22,7 @@ TOOL=$REPO/tools/qcow2dedup/qcow2dedup
 [ -x "$TOOL" ] || make -s -C "$REPO" tool >/dev/null || fail "cannot build the qcow2dedup tool"
 
 qemu-img create -q -f qcow2 -o cluster_size=65536 img.qcow2 32M
+qemu-img create -q -f qcow2 ro.qcow2 16M
 python3 - <<'PY'
 import random
 M = 1 << 20
@@ -62,6 +64,13 @@ dmsetup info vm1 | grep -q "State: *ACTIVE$" || bad "vm1 not active: $(dmsetup i
 same b.bin /dev/mapper/vm1 0
 same c.bin /dev/mapper/vm1 40
 dmsetup status vm1
+# A read-only device's image is not QEMU's to write.
+$T activate --readonly ro.qcow2 ro || bad "activate --readonly"
+$T resize ro +1M 2>ro.err && bad "a read-only device resized"
+grep -q "refused: the device is not in write mode" ro.err || bad "ro resize: $(cat ro.err)"
+$T snapshot ro create x 2>/dev/null && bad "a snapshot of a read-only device"
+dmsetup info ro | grep -q "State: *ACTIVE" || bad "ro not active"
+$T deactivate ro || bad "deactivate ro"
 $T deactivate vm1 || bad "deactivate"
 echo act-done
 exit $rc
