@@ -762,12 +762,10 @@ int qcow2dedup_table_rebuilding(struct qcow2dedup *q)
  * qcow2dedup_table_before_commit() - first step of every commit: slots of
  *	clusters that left the index go to the buffers, which the commit
  *	flushes before it lets any refcount fall to zero.
- * @ctx: the target.
+ * @q: target (worker, or no I/O in flight).
  */
-int qcow2dedup_table_before_commit(void *ctx)
+int qcow2dedup_table_before_commit(struct qcow2dedup *q)
 {
-	struct qcow2dedup *q = ctx;
-
 	if (!q->index_ready)
 		return 0;
 	return write_clears(q);

@@ -132,8 +132,11 @@ static void hash_work(struct work_struct *ws)
 	u64 cs = q->geo->cluster_size;
 	unsigned long flags;
 
-	if (op->whole)
+	if (op->whole || op->fill) {
+		/* On the whole cluster, or on its old contents just read. */
 		qcow2dedup_copy_from_bio(q, op->bio, op->buf);
+		op->fill = false;
+	}
 	op->zero = dedup_is_zero(op->buf, cs);
 	if (!op->zero && crypto_shash_tfm_digest(q->tfm, op->buf, cs, op->digest))
 		op->status = BLK_STS_IOERR;
@@ -146,6 +149,19 @@ static void hash_work(struct work_struct *ws)
 	list_add_tail(&op->list, &q->hashed);
 	qcow2dedup_wake(q);
 	spin_unlock_irqrestore(&q->lock, flags);
+}
+
+/* Any context: the old contents of @op's cluster are read (or not). */
+static void old_read_done(struct qcow2_op *op, bool error)
+{
+	if (!error) {
+		queue_work(op->q->hash_wq, &op->hash_work);
+		return;
+	}
+	/* decide() ends it with the error. */
+	op->fill = false;
+	op->status = BLK_STS_IOERR;
+	qcow2dedup_requeue_hashed(op->q, op);
 }
 
 /**
@@ -180,7 +196,15 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 	op->whole = !in && len == cs;
 	/* Busy before anything can wait: see start_op(). */
 	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
+	INIT_WORK(&op->hash_work, hash_work);
+	if (!op->whole && type == QCOW2_CLUSTER_NORMAL) {
+		/* Read the old contents while the worker goes on; then hash. */
+		op->fill = true;
+		qcow2dedup_read_old_async(q, op, info->host_offset, old_read_done);
+		return 0;
+	}
 	if (!op->whole) {
+		/* Compressed (the worker inflates it: rare) or zeros. */
 		if (qcow2dedup_read_old(q, type, info, op->buf)) {
 			rb_erase(&op->node, &q->busy);
 			qcow2dedup_op_free(q, op);
@@ -189,7 +213,6 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 		}
 		qcow2dedup_copy_from_bio(q, bio, op->buf);
 	}
-	INIT_WORK(&op->hash_work, hash_work);
 	queue_work(q->hash_wq, &op->hash_work);
 	return 0;
 }
@@ -807,6 +830,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("verify_reads %lld\n", (long long)atomic64_read(&q->verify_reads));
 	DMEMIT("verify_stale %lld\n", (long long)atomic64_read(&q->verify_stale));
 	DMEMIT("verify_inflight_max %u\n", READ_ONCE(q->verify_inflight_max));
+	DMEMIT("rmw_reads %lld\n", (long long)atomic64_read(&q->rmw_reads));
+	DMEMIT("rmw_inflight_max %u\n", READ_ONCE(q->rmw_inflight_max));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
 	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));

@@ -24,7 +24,9 @@
  * Allocating writes.  The worker allocates a cluster and writes the whole
  * cluster there (the bio itself when it covers the cluster, else a buffer
  * holding the old contents or zeros with the bio's data on top); once that
- * write has completed, the new L2 entry is staged.  A guest cluster with such
+ * write has completed, the new L2 entry is staged.  Old contents on the
+ * device are read asynchronously (qcow2dedup_read_old_async()): the worker
+ * goes on meanwhile and writes the buffer when the read is back.  A guest cluster with such
  * a write in flight is "busy": later bios for it wait on the operation.
  *
  * Durability.  Staged metadata reaches the disk in qcow2_md_commit(), which
@@ -596,9 +598,17 @@ static void piece_done(struct bio *bio, blk_status_t status)
 	}
 }
 
+/*
+ * Commit the staged metadata.  The dedup table's clears go to the buffers
+ * first, so the commit's first flush makes them durable before any
+ * refcount falls to zero (dedup-table.c).
+ */
 int qcow2dedup_commit(struct qcow2dedup *q)
 {
-	int r = qcow2_md_commit(q->md, false);
+	int r = qcow2dedup_table_before_commit(q);
+
+	if (!r)
+		r = qcow2_md_commit(q->md, false);
 
 	if (r)
 		qcow2dedup_metadata_error(q, "commit", r);
@@ -681,6 +691,50 @@ int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 	}
 }
 
+/* Any context: the read of @op's old contents is over. */
+static void rmw_endio(unsigned long error, void *context)
+{
+	struct qcow2_op *op = context;
+	struct qcow2dedup *q = op->q;
+
+	io_unhold(q, op->rmw_io_idx);
+	atomic_dec(&q->rmw_inflight);
+	op->rmw_done(op, error);
+}
+
+/**
+ * qcow2dedup_read_old_async() - read the old contents of @op's guest
+ *	cluster, at host byte @host_off, into @op->buf without waiting.
+ * @q: target.
+ * @op: a buffered operation in @q->busy, on no list.
+ * @host_off: the cluster the guest cluster maps now.
+ * @done: called with @op at the end of the read, in any context (so it
+ *	may only queue @op for the worker or for hash_wq).
+ *
+ * The worker goes on with other requests meanwhile.  The cluster cannot
+ * change under the read: its guest cluster is busy (no other write or
+ * discard of it starts), so its reference stays; the read also counts as
+ * a reader (io_hold()), as every bio on the device does.
+ */
+void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 host_off,
+			       void (*done)(struct qcow2_op *op, bool error))
+{
+	unsigned int n = atomic_inc_return(&q->rmw_inflight);
+
+	if (n > q->rmw_inflight_max)
+		WRITE_ONCE(q->rmw_inflight_max, n);
+	atomic64_inc(&q->rmw_reads);
+	op->rmw_done = done;
+	op->rmw_io_idx = io_hold(q);
+	qcow2dedup_async_read(q, op->buf, host_off, q->geo->cluster_size, rmw_endio, op);
+}
+
+/* Any context: the old contents of a non-dedup @op are read (or not). */
+static void old_read_done(struct qcow2_op *op, bool error)
+{
+	op_done(op, error ? BLK_STS_IOERR : BLK_STS_OK);
+}
+
 /*
  * Start writing guest cluster @gc (the range [@in, @in + @len) of which
  * comes from @bio, or zeros if @zeroes) to a new host cluster.  The old
@@ -694,6 +748,8 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 {
 	u64 cs = q->geo->cluster_size, guest_off = gc << q->geo->cluster_bits;
 	bool whole = !zeroes && !in && len == cs;
+	/* Old contents on the device: read them while the worker goes on. */
+	bool rmw = !whole && !zeroes && type == QCOW2_CLUSTER_NORMAL;
 	struct qcow2_op *op;
 	int r;
 
@@ -708,7 +764,7 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	 * partial write sent in place meanwhile would be lost.
 	 */
 	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
-	if (!whole) {
+	if (!whole && !rmw) {
 		r = qcow2dedup_read_old(q, type, info, op->buf);
 		if (r) {
 			*status = BLK_STS_IOERR;
@@ -743,6 +799,10 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		clone->bi_end_io = clone_endio;
 		clone->bi_private = op;
 		submit_bio_noacct(clone);
+	} else if (rmw) {
+		/* finish_op() puts the bio's bytes on top and writes the buffer. */
+		op->fill = true;
+		qcow2dedup_read_old_async(q, op, info->host_offset, old_read_done);
 	} else {
 		qcow2dedup_write_buffer(q, op);
 	}
@@ -957,6 +1017,15 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	if (op->dedup) {
 		qcow2dedup_hashed_done(q, op);
 		return;
+	}
+	/* The old contents are read: the bio's bytes on top, then the write. */
+	if (op->fill) {
+		op->fill = false;
+		if (!status && READ_ONCE(q->mode) == MODE_WRITE) {
+			qcow2dedup_copy_from_bio(q, op->bio, op->buf);
+			qcow2dedup_write_buffer(q, op);
+			return;
+		}
 	}
 	if (!status && READ_ONCE(q->mode) != MODE_WRITE)
 		status = BLK_STS_IOERR;
@@ -1573,7 +1642,9 @@ static void final_commit(struct qcow2dedup *q)
 
 	if (!q->writable || READ_ONCE(q->mode) != MODE_WRITE)
 		return;
-	r = qcow2_md_commit(q->md, true);
+	r = qcow2dedup_table_before_commit(q);
+	if (!r)
+		r = qcow2_md_commit(q->md, true);
 	if (!r)
 		r = qcow2dedup_table_close(q);
 	/* Closing the table may have committed (and reported) on the way. */
@@ -1636,8 +1707,7 @@ static int engine_open_md(struct qcow2dedup *q, struct dm_target *ti,
 
 	md = qcow2_md_open(q->bdev, ti->len, q->writable, wait_for_readers, q, &why);
 	if (!IS_ERR(md)) {
-		qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy,
-				       qcow2dedup_table_before_commit);
+		qcow2_md_set_callbacks(md, qcow2dedup_survivor, guest_busy);
 		*mdp = md;
 		return 0;
 	}

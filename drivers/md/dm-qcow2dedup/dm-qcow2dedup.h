@@ -272,6 +272,10 @@ struct qcow2dedup {
 	atomic64_t verify_stale;	/* of those, not trusted: read again */
 	atomic_t verify_inflight;
 	unsigned int verify_inflight_max; /* the worker's */
+	/* Reads of a partial write's old contents (qcow2dedup_read_old_async()). */
+	atomic64_t rmw_reads;
+	atomic_t rmw_inflight;
+	unsigned int rmw_inflight_max;	/* the worker's */
 	atomic64_t mem_waits;
 	atomic64_t reads_deferred;
 	/*
@@ -347,6 +351,16 @@ struct qcow2_op {
 	void *vbuf;
 	u64 verify_host;
 	u64 verify_changes;
+	/*
+	 * Read-modify-write: the old contents of a partial write's cluster
+	 * are read into @buf while the worker goes on (see
+	 * qcow2dedup_read_old_async()); @fill: the bio's bytes still go on
+	 * top.  While the read is out the operation is on no list; @rmw_done
+	 * takes it back.
+	 */
+	bool fill;
+	int rmw_io_idx;			/* its reader generation: io_hold() */
+	void (*rmw_done)(struct qcow2_op *op, bool error);
 	struct work_struct hash_work;
 	u8 digest[HASH_MAX_DIGESTSIZE];
 };
@@ -363,6 +377,8 @@ void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);
 int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 			const struct qcow2_l2e_info *info, void *buf);
+void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 host_off,
+			       void (*done)(struct qcow2_op *op, bool error));
 int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off);
 int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
 int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off);
@@ -394,7 +410,7 @@ int qcow2dedup_table_reload(struct qcow2dedup *q);
 void qcow2dedup_index_forget(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
 int qcow2dedup_table_rebuilding(struct qcow2dedup *q);
-int qcow2dedup_table_before_commit(void *ctx);
+int qcow2dedup_table_before_commit(struct qcow2dedup *q);
 int qcow2dedup_table_barrier(struct qcow2dedup *q);
 int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open);
 int qcow2dedup_table_close(struct qcow2dedup *q);

@@ -81,8 +81,6 @@ struct qcow2_metadata {
 	bool (*survivor)(void *ctx, u64 host_cluster, u64 *guest_cluster);
 	/* Is an operation on a guest cluster in flight? */
 	bool (*guest_busy)(void *ctx, u64 guest_cluster);
-	/* Called first in every commit (the dedup table's pending clears). */
-	int (*before_commit)(void *ctx);
 	void *ctx;
 };
 

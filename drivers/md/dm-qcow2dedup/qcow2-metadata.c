@@ -1289,7 +1289,10 @@ static int apply_decrements(struct qcow2_metadata *md)
  * When this returns 0, everything staged before the call is on stable
  * storage, and so is guest data written before the call completed.
  * COPIED flags of clusters whose refcount fell to one are written one
- * commit later (qcow2-copied.c); a final commit writes them too.
+ * commit later (qcow2-copied.c); a final commit writes them too.  What
+ * the caller wrote into the buffers before the call (the dedup table's
+ * clears) is on disk before any refcount falls to zero: the first step
+ * writes and flushes every dirty buffer.
  * Return: 0 or an I/O error; after an error the on-disk image is still
  * consistent, but the staged changes are lost.
  */
@@ -1297,12 +1300,6 @@ int qcow2_md_commit(struct qcow2_metadata *md, bool final)
 {
 	int rounds = 3, tries, r;
 
-	/* Before any refcount can fall to zero in this commit. */
-	if (md->before_commit) {
-		r = md->before_commit(md->ctx);
-		if (r)
-			return r;
-	}
 	do {
 		r = qcow2_copied_restore(md, final);
 		if (!r)
@@ -1364,19 +1361,18 @@ bool qcow2_md_dirty(struct qcow2_metadata *md)
  * @survivor: names the one remaining referrer of a host cluster whose
  *	refcount fell to one, or returns false (the L2 tables are scanned).
  * @busy: true while an operation on a guest cluster is in flight.
- * @before_commit: called first in every commit.
  *
- * Both are called by the worker inside qcow2_md_commit().
+ * Both are called by the worker inside qcow2_md_commit().  Whatever must
+ * reach the buffers before a commit (the dedup table's clears) is written
+ * by the caller before it calls qcow2_md_commit().
  */
 void qcow2_md_set_callbacks(struct qcow2_metadata *md,
 			    bool (*survivor)(void *ctx, u64 host_cluster,
 					     u64 *guest_cluster),
-			    bool (*busy)(void *ctx, u64 guest_cluster),
-			    int (*before_commit)(void *ctx))
+			    bool (*busy)(void *ctx, u64 guest_cluster))
 {
 	md->survivor = survivor;
 	md->guest_busy = busy;
-	md->before_commit = before_commit;
 }
 
 /**

@@ -64,8 +64,7 @@ bool qcow2_md_dirty(struct qcow2_metadata *md);
 void qcow2_md_set_callbacks(struct qcow2_metadata *md,
 			    bool (*survivor)(void *ctx, u64 host_cluster,
 					     u64 *guest_cluster),
-			    bool (*busy)(void *ctx, u64 guest_cluster),
-			    int (*before_commit)(void *ctx));
+			    bool (*busy)(void *ctx, u64 guest_cluster));
 int qcow2_md_flush(struct qcow2_metadata *md);
 int qcow2_md_write_bytes(struct qcow2_metadata *md, u64 off, const void *buf,
 			 size_t len);
