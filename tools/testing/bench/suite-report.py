@@ -15,12 +15,13 @@ out = sys.argv[1]
 rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
 ROWS = ["linear", "nodedup", "sha256", "blake2b", "xxh+vfy", "thin", "nbd", "vdo"]
 JOBS = ["seq-new", "seq-dup", "seq-mix50", "rnd-new-qd1", "rnd-new-qd16",
-        "rnd-over-qd16", "seq-read", "seq-read-dup", "rnd-read", "rnd-read-dup"]
+        "rnd-over-qd16", "seq-read", "seq-read-dup", "rnd-read", "rnd-read-dup",
+        "rnd-over-dup-qd16", "ext4-copy2x"]
 
 
 def main_metric(job):
-    # 1 MiB jobs in MB/s, 4 KiB ones in IOPS.
-    return "MBps" if job.startswith("seq") else "iops"
+    # 1 MiB jobs and the ext4 copy in MB/s, 4 KiB ones in IOPS.
+    return "iops" if job.startswith("rnd") else "MBps"
 
 
 med = {}
@@ -38,13 +39,13 @@ present = [x for x in ROWS if any(r["row"] == x for r in rows)]
 
 def table(cs, title, fmt, value):
     print("\n%s (%s clusters)" % (title, cs))
-    print("%-14s" % "job" + "".join("%10s" % x for x in present))
+    print("%-18s" % "job" + "".join("%10s" % x for x in present))
     for job in JOBS:
         cells = []
         for x in present:
             m = med.get((cs, x, job))
             cells.append("%10s" % (fmt % value(m, job, cs) if m and value(m, job, cs) is not None else "-"))
-        print("%-14s" % job + "".join(cells))
+        print("%-18s" % job + "".join(cells))
 
 
 def ratio_to(base):
@@ -89,6 +90,19 @@ for cs in clusters:
                 print("index %-8s %s entries, %s bytes, %s bytes per entry, %.1f MiB saved" % (
                     x, st[(x, "index_entries")], st[(x, "index_bytes")],
                     st[(x, "index_entry_bytes")], int(st[(x, "bytes_saved")]) / 2**20))
+
+    ext4 = collections.defaultdict(list)
+    for f in sorted(glob.glob(os.path.join(out, "ext4-%s-*.txt" % cs))):
+        for line in open(f):
+            p = line.split()
+            if len(p) == 4 and p[3] != "-":
+                ext4[p[1]].append((int(p[2]), int(p[3])))
+    for x in present:
+        if ext4.get(x):
+            copied = ext4[x][0][0]
+            st = statistics.median(v[1] for v in ext4[x])
+            print("ext4 copy   %-8s %.1f MB written, %.1f MB stored (%.2f of it)" % (
+                x, copied / 1e6, st / 1e6, st / copied))
 
 try:
     import matplotlib
