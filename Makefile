@@ -42,8 +42,9 @@ KUNIT_FILTER := --filter "speed>very_slow"
 X86_BUILD := $(QCOW2DEDUP_CACHE)/build-x86
 X86CFG    := --kunitconfig=$(CURDIR)/drivers/md/dm-qcow2dedup/.kunitconfig \
 	     --kunitconfig=$(CURDIR)/tools/testing/x86/x86.config
-# As tools/testing/x86-run: KVM when usable, else TCG with a thread per vCPU.
-X86_ACCEL ?= $(shell [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm || echo tcg,thread=multi)
+# As tools/testing/x86-run: KVM when a guest really runs under it (a probe:
+# tools/testing/x86-accel), else TCG with a thread per vCPU.
+X86_ACCEL ?= $(shell tools/testing/x86-accel)
 # The scenarios make e2e-smp (and so make check) runs, a run-all pattern:
 # 54-smp-stress runs every concurrent path at once (writers and readers of
 # identical and different data, discards, write-zeroes, suspend/resume/
