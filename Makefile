@@ -55,7 +55,7 @@ X86_ACCEL ?= $(shell tools/testing/x86-accel)
 E2E_SMP   ?= /54-smp-stress\.sh$$
 E2E_SMP_MORE := /(59-read-runs|30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision)\.sh$$
 
-.PHONY: all module module-6.1 deb tool deps uml kunit e2e smoke static checkpatch sparse check demo bench bench-vm bench-dd fuzz \
+.PHONY: all module module-6.1 deb tool deps uml kunit e2e smoke static checkpatch sparse layers check demo bench bench-vm bench-dd fuzz \
 	x86 kunit-x86 e2e-smp print-e2e-smp print-ko-6.1 print-kver print-kver-6.1 install install-tool clean help
 
 all: module tool
@@ -164,7 +164,11 @@ sparse: | need-headers
 	$(MAKE) -C $(KDIR) M=$(MODDIR) CONFIG_DM_QCOW2DEDUP=m C=2 W=1 modules 2>&1 | tee $(QCOW2DEDUP_CACHE)/sparse.log
 	@! grep -E 'warning|error' $(QCOW2DEDUP_CACHE)/sparse.log
 
-static: checkpatch sparse
+# The target's files call one way, from the dm glue down to the format.
+layers:
+	tools/testing/layers
+
+static: checkpatch sparse layers
 
 check:
 	tools/testing/check

@@ -439,6 +439,23 @@ static void *read_header_area(struct qcow2dedup *q)
 }
 
 /**
+ * qcow2dedup_shared_copied() - the table load or the rebuild found COPIED
+ *	on one of several references to a host cluster: the image is corrupt
+ *	(QEMU's check reports it); the cluster is not shared.  Logged once.
+ * @q: target.
+ * @host: host cluster index.
+ * @refs: its references in the active L1.
+ */
+void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs)
+{
+	if (q->shared_copied_logged)
+		return;
+	q->shared_copied_logged = true;
+	DMWARN("%s: cluster %llu: %u references, COPIED set on one: corrupt image, not shared",
+	       qcow2dedup_dev_name(q), host, refs);
+}
+
+/**
  * qcow2dedup_table_load() - fill the index from the image's table.
  * @q: target, before its first resume (no I/O in flight).
  *
@@ -530,35 +547,48 @@ out:
 		table_reset(q);
 	xa_destroy(&t->seen);
 	kvfree(buf);
-	/* The worker starts it at the first resume. */
-	if (!r && t->enabled && (!t->info.root || t->incomplete))
-		qcow2dedup_rebuild_start(q, !t->found);
 	return r;
 }
 
 /**
+ * qcow2dedup_table_wants_rebuild() - after qcow2dedup_table_load(): the
+ *	table kept is absent or was left incomplete, and the index must be
+ *	rebuilt (the caller starts the rebuild: the worker runs it after the
+ *	first resume).
+ * @q: target.
+ * @quiet: set when the image never had a table (no log line at the end).
+ */
+bool qcow2dedup_table_wants_rebuild(struct qcow2dedup *q, bool *quiet)
+{
+	struct qcow2dedup_table *t = &q->table;
+
+	*quiet = !t->found;
+	return t->enabled && (!t->info.root || t->incomplete);
+}
+
+/**
  * qcow2dedup_index_forget() - at a resume: the index cannot be trusted
- *	(see engine_resume_index()); drop it, and rebuild it where a table is
- *	kept.
+ *	(see engine_resume_index()); drop it.  The caller has reset the
+ *	rebuild (its batches point into the index) and starts it again where
+ *	a table is kept.
  * @q: target, quiesced.
  */
 void qcow2dedup_index_forget(struct qcow2dedup *q)
 {
 	struct qcow2dedup_table *t = &q->table;
 
-	qcow2dedup_rebuild_reset(q);
 	if (!t->enabled) {
 		dedup_index_destroy(&q->index);
 		return;
 	}
 	table_reset(q);
-	qcow2dedup_rebuild_start(q, true);
 }
 
 /**
  * qcow2dedup_table_reload() - the metadata was read again at a resume
  *	(another program wrote the image): forget the index and the state of
- *	the table, and load the table again.
+ *	the table, and load the table again.  The caller has reset the
+ *	rebuild, and starts it when qcow2dedup_table_wants_rebuild() says.
  * @q: target, quiesced.
  */
 int qcow2dedup_table_reload(struct qcow2dedup *q)
@@ -567,7 +597,6 @@ int qcow2dedup_table_reload(struct qcow2dedup *q)
 
 	if (!q->dedup)
 		return 0;
-	qcow2dedup_rebuild_reset(q);
 	if (t->enabled)
 		table_reset(q);
 	else
@@ -780,6 +809,7 @@ int qcow2dedup_table_barrier(struct qcow2dedup *q)
 {
 	int r;
 
+	qcow2dedup_assert_worker(q);
 	if (!q->index.nr_clears)
 		return 0;
 	WRITE_ONCE(q->table.barriers, q->table.barriers + 1);
@@ -882,6 +912,7 @@ int qcow2dedup_table_flush(struct qcow2dedup *q, bool durable, bool open)
 	bool any = false;
 	int r = 0;
 
+	qcow2dedup_assert_worker(q);
 	if (!t->enabled || (!idx->dirty && !idx->nr_clears && !durable))
 		return 0;
 	/* An activation that never wrote leaves the image untouched. */
@@ -1061,4 +1092,103 @@ const char *qcow2dedup_table_state(struct qcow2dedup *q)
 	if (q->rebuild && READ_ONCE(q->rebuild->active))
 		return "rebuilding";
 	return qcow2dedup_table_dirty(q) ? "dirty" : "clean";
+}
+
+/*
+ * The engine's commit and allocation.  They live here, under the table,
+ * because every commit must write the table's clears first (see
+ * qcow2dedup_table_before_commit()), and the table itself allocates and
+ * commits.
+ */
+
+/*
+ * Commit the staged metadata.  The dedup table's clears go to the buffers
+ * first, so the commit's first flush makes them durable before any
+ * refcount falls to zero (dedup-table.c).
+ */
+int qcow2dedup_commit(struct qcow2dedup *q)
+{
+	int r;
+
+	qcow2dedup_assert_worker(q);
+	r = qcow2dedup_table_before_commit(q);
+	if (!r)
+		r = qcow2_md_commit(q->md, false);
+
+	if (r)
+		qcow2dedup_metadata_error(q, "commit", r);
+	return r;
+}
+
+/*
+ * Allocate a cluster (for metadata of the dedup table with @meta); if none
+ * is free, commit staged frees and retry once.
+ */
+static int alloc_cluster(struct qcow2dedup *q, u64 *host_off, bool meta)
+{
+	int (*alloc)(struct qcow2_metadata *md, u64 *host_off) =
+		meta ? qcow2_md_alloc_meta : qcow2_md_alloc;
+	int r;
+
+	qcow2dedup_assert_worker(q);
+	r = alloc(q->md, host_off);
+	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+		r = qcow2dedup_commit(q);
+		if (!r)
+			r = alloc(q->md, host_off);
+	}
+	return r;
+}
+
+int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
+{
+	return alloc_cluster(q, host_off, false);
+}
+
+int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off)
+{
+	return alloc_cluster(q, host_off, true);
+}
+
+/* Make the L2 table of @guest_off writable; commit staged frees if full. */
+int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off)
+{
+	int r = qcow2_md_prepare_write(q->md, guest_off);
+
+	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+		r = qcow2dedup_commit(q);
+		if (!r)
+			r = qcow2_md_prepare_write(q->md, guest_off);
+	}
+	return r;
+}
+
+/*
+ * First write of this activation: clear the autoclear bits of what this
+ * target does not keep; with a dedup table, set its bit and mark it open.
+ */
+int qcow2dedup_before_first_write(struct qcow2dedup *q)
+{
+	int r;
+
+	if (q->autoclear_done)
+		return 0;
+	r = qcow2dedup_table_open(q);
+	if (!r && !q->table.open)
+		r = qcow2_md_clear_autoclear(q->md);
+	if (r == -ENOMEM) {
+		qcow2dedup_wait_memory(q);
+		return r;
+	}
+	if (r) {
+		/*
+		 * Opening the table may have committed on the way (a new
+		 * root needs a cluster, allocating may commit): a failed
+		 * commit switched the mode already.
+		 */
+		qcow2dedup_metadata_error_once(q, "header update", r);
+		return r;
+	}
+	WRITE_ONCE(q->autoclear_done, true);
+	return 0;
 }

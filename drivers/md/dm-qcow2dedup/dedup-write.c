@@ -194,7 +194,7 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 		return -ENOMEM;
 	op->dedup = true;
 	op->whole = !in && len == cs;
-	/* Busy before anything can wait: see start_op(). */
+	/* Busy before anything can wait: see start_op() in engine-worker.c. */
 	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	INIT_WORK(&op->hash_work, hash_work);
 	if (!op->whole && type == QCOW2_CLUSTER_NORMAL) {
@@ -369,7 +369,7 @@ static void verify_endio(unsigned long error, void *context)
 /*
  * Start reading @e's cluster into a buffer of @op's own, so that the worker
  * goes on with other requests meanwhile.  The read counts as a reader of
- * the cluster (io_hold()): no commit frees it before the read ends.
+ * the cluster (qcow2dedup_io_hold()): no commit frees it before the read ends.
  * Return: false if no buffer could be had (verify synchronously).
  */
 static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup_entry *e)
@@ -732,6 +732,7 @@ static int decide(struct qcow2dedup *q, struct qcow2_op *op)
  */
 void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op)
 {
+	qcow2dedup_assert_worker(q);
 	if (decide(q, op) == -ENOMEM)
 		qcow2dedup_retry_op(q, op, &q->hashed);
 }
@@ -781,23 +782,6 @@ void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op)
 			dedup_remove(&q->index, e);
 	}
 	finish_mapped_op(q, op, status);
-}
-
-/**
- * qcow2dedup_shared_copied() - the table load or the rebuild found COPIED
- *	on one of several references to a host cluster: the image is corrupt
- *	(QEMU's check reports it); the cluster is not shared.  Logged once.
- * @q: target.
- * @host: host cluster index.
- * @refs: its references in the active L1.
- */
-void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs)
-{
-	if (q->shared_copied_logged)
-		return;
-	q->shared_copied_logged = true;
-	DMWARN("%s: cluster %llu: %u references, COPIED set on one: corrupt image, not shared",
-	       qcow2dedup_dev_name(q), host, refs);
 }
 
 /**
@@ -857,4 +841,26 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("mode %s\n", q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] :
 		"read-only");
 	return 1;
+}
+
+/**
+ * qcow2dedup_stage() - stage a new mapping of a guest cluster and tell the
+ *	dedup index that the old one is gone.
+ * @q: target.
+ * @guest_off: guest byte offset in the cluster.
+ * @type: as for qcow2_md_stage().
+ * @host_off: as for qcow2_md_stage().
+ * @copied: as for qcow2_md_stage().
+ */
+int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
+		     enum qcow2_cluster_type type, u64 host_off, bool copied)
+{
+	u64 old_host;
+	int r;
+
+	qcow2dedup_assert_worker(q);
+	r = qcow2_md_stage(q->md, guest_off, type, host_off, copied, &old_host);
+	if (!r && old_host && q->dedup)
+		qcow2dedup_drop_ref(q, old_host, guest_off >> q->geo->cluster_bits);
+	return r;
 }

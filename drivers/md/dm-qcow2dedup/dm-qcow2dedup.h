@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * dm-qcow2dedup: the target's private state, shared by the dm glue
- * (dm-qcow2dedup-target.c) and the deduplicating write path (dedup-write.c).
+ * dm-qcow2dedup: the engine's state, shared by the files of the target,
+ * and the engine's API by layer (the layers: dm-qcow2dedup-target.c).
  */
 #ifndef DM_QCOW2DEDUP_H
 #define DM_QCOW2DEDUP_H
@@ -204,13 +204,13 @@ struct qcow2dedup {
 	struct list_head completed;	/* ops whose data write is done */
 	struct list_head hashed;	/* ops whose digest is ready */
 
-	/* Bios remapped to host clusters, by generation: see io_hold(). */
+	/* Bios remapped to host clusters, by generation: see qcow2dedup_io_hold(). */
 	spinlock_t io_lock;
 	unsigned int io_gen;
 	unsigned long io_count[2];
 	wait_queue_head_t io_wait;
 	struct bio_set bs;
-	/* Pieces of deferred reads (read_deferred()): freed at their end_io. */
+	/* Pieces of deferred reads (qcow2dedup_read_deferred()): freed at end_io. */
 	struct bio_set split_bs;
 	struct dm_io_client *io;
 
@@ -235,7 +235,7 @@ struct qcow2dedup {
 	struct rb_root busy;
 	struct bio_list commit_waiters;
 	struct list_head barrier_wait;	/* in-place writes after the table barrier */
-	struct bio_list barrier_bios;	/* the same, not buffered: see do_worker() */
+	struct bio_list barrier_bios;	/* the same, not buffered: qcow2dedup_do_worker() */
 	unsigned int buffered_ops;
 	unsigned int max_buffered_ops;
 	bool autoclear_done;
@@ -313,6 +313,29 @@ struct qcow2_bio {
 };
 
 /*
+ * The worker's state (the metadata, the index, @busy, the table) is
+ * changed by the worker alone, or by the control paths while the worker
+ * is stopped (the constructor, postsuspend, preresume, the destructor).
+ * No lock says so; this does, where lockdep is built in.
+ */
+static inline void qcow2dedup_assert_worker(struct qcow2dedup *q)
+{
+	if (IS_ENABLED(CONFIG_LOCKDEP))
+		WARN_ON_ONCE(current_work() != &q->worker && !READ_ONCE(q->stopped));
+}
+
+static inline struct qcow2_bio *qcow2dedup_pb(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct qcow2_bio));
+}
+
+/* map() made the sector a guest sector (qcow2dedup_map()). */
+static inline u64 qcow2dedup_guest_offset(struct bio *bio)
+{
+	return (u64)bio->bi_iter.bi_sector << SECTOR_SHIFT;
+}
+
+/*
  * A write of one whole cluster to a newly allocated host cluster, or (with
  * dedup) the decision where the new contents of a guest cluster go.
  */
@@ -347,7 +370,7 @@ struct qcow2_op {
 	} verify_state;
 	u8 verify_tries;		/* reads issued: at most VERIFY_ASYNC_TRIES */
 	bool verify_err;
-	int verify_io_idx;		/* its reader generation: io_hold() */
+	int verify_io_idx;		/* its reader generation: qcow2dedup_io_hold() */
 	void *vbuf;
 	u64 verify_host;
 	u64 verify_changes;
@@ -359,54 +382,69 @@ struct qcow2_op {
 	 * takes it back.
 	 */
 	bool fill;
-	int rmw_io_idx;			/* its reader generation: io_hold() */
+	int rmw_io_idx;			/* its reader generation: qcow2dedup_io_hold() */
 	void (*rmw_done)(struct qcow2_op *op, bool error);
 	struct work_struct hash_work;
 	u8 digest[HASH_MAX_DIGESTSIZE];
 };
 
-/* dm-qcow2dedup-target.c */
+/*
+ * The engine's API, by layer, lowest first.  A file calls only the layers
+ * below its own (see dm-qcow2dedup-target.c; tools/testing/layers checks).
+ */
+
+/* engine-core.c: operations, buffers, readers, dm-io, modes. */
 const char *qcow2dedup_dev_name(struct qcow2dedup *q);
 void qcow2dedup_wake(struct qcow2dedup *q);
+void qcow2dedup_defer_bio(struct qcow2dedup *q, struct bio *bio);
 void qcow2dedup_metadata_error(struct qcow2dedup *q, const char *what, int r);
 void qcow2dedup_metadata_error_once(struct qcow2dedup *q, const char *what, int r);
+void qcow2dedup_md_wait_for_readers(void *ctx);
+void qcow2dedup_wait_for_readers(struct qcow2dedup *q);
+int qcow2dedup_io_hold(struct qcow2dedup *q);
+void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx);
+void qcow2dedup_remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
+			   int idx);
 int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len);
 void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 			   void (*fn)(unsigned long error, void *ctx), void *ctx);
+int qcow2dedup_load_compressed(struct qcow2dedup *q,
+			       const struct qcow2_l2e_info *info);
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);
+bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
+struct qcow2_op *qcow2dedup_busy_find(struct qcow2dedup *q, u64 gc);
+bool qcow2dedup_md_guest_busy(void *ctx, u64 gc);
+bool qcow2dedup_guest_busy(struct qcow2dedup *q, u64 gc);
+void qcow2dedup_op_done(struct qcow2_op *op, blk_status_t status);
+void qcow2dedup_requeue_hashed(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_clone_endio(struct bio *clone);
+void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_piece_done(struct bio *bio, blk_status_t status);
+blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r);
 int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 			const struct qcow2_l2e_info *info, void *buf);
 void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 host_off,
 			       void (*done)(struct qcow2_op *op, bool error));
-int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off);
-int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
-int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off);
-blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r);
-int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
-		     enum qcow2_cluster_type type, u64 host_off, bool copied);
+void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
+			   blk_status_t status);
 struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc,
 				   bool buffered);
-void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op);
 void *qcow2dedup_vbuf_alloc(struct qcow2dedup *q);
 void qcow2dedup_vbuf_free(struct qcow2dedup *q, void *buf);
-int qcow2dedup_io_hold(struct qcow2dedup *q);
-void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx);
-void qcow2dedup_requeue_hashed(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_op_free(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_wait_memory(struct qcow2dedup *q);
 void qcow2dedup_retry_op(struct qcow2dedup *q, struct qcow2_op *op,
 			 struct list_head *list);
-bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
-void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
-			   blk_status_t status);
-void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
+void qcow2dedup_do_retry(struct work_struct *ws);
 
-/* dedup-table.c */
+/* dedup-table.c: the persisted index; the engine's commit and allocation. */
 int qcow2dedup_table_init(struct qcow2dedup *q);
 void qcow2dedup_table_flusher(struct work_struct *ws);
 void qcow2dedup_table_free(struct qcow2dedup *q);
 int qcow2dedup_table_load(struct qcow2dedup *q);
 int qcow2dedup_table_reload(struct qcow2dedup *q);
+bool qcow2dedup_table_wants_rebuild(struct qcow2dedup *q, bool *quiet);
 void qcow2dedup_index_forget(struct qcow2dedup *q);
 int qcow2dedup_table_open(struct qcow2dedup *q);
 int qcow2dedup_table_rebuilding(struct qcow2dedup *q);
@@ -419,6 +457,12 @@ int qcow2dedup_table_message_flush(struct qcow2dedup *q);
 void qcow2dedup_table_worker(struct qcow2dedup *q);
 const char *qcow2dedup_table_state(struct qcow2dedup *q);
 u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
+void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs);
+int qcow2dedup_commit(struct qcow2dedup *q);
+int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
+int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off);
+int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off);
+int qcow2dedup_before_first_write(struct qcow2dedup *q);
 
 /* dedup-rebuild.c */
 int qcow2dedup_rebuild_init(struct qcow2dedup *q);
@@ -428,12 +472,6 @@ void qcow2dedup_rebuild_rehash(struct qcow2dedup *q);
 void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);
-
-/* dm-qcow2dedup-target.c, for the rebuild */
-bool qcow2dedup_guest_busy(struct qcow2dedup *q, u64 gc);
-void qcow2dedup_wait_for_readers(struct qcow2dedup *q);
-int qcow2dedup_before_first_write(struct qcow2dedup *q);
-int qcow2dedup_commit(struct qcow2dedup *q);
 
 /* dedup-write.c */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);
@@ -449,6 +487,20 @@ int qcow2dedup_forget_host(struct qcow2dedup *q, u64 host_off);
 void qcow2dedup_drop_ref(struct qcow2dedup *q, u64 old_host, u64 gc);
 bool qcow2dedup_survivor(void *ctx, u64 host_cluster, u64 *guest_cluster);
 int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen);
-void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs);
+int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
+		     enum qcow2_cluster_type type, u64 host_off, bool copied);
+
+/* engine-read.c: reads map() cannot answer alone go to the worker. */
+void qcow2dedup_accept_clusters(struct qcow2dedup *q, struct bio *bio,
+				unsigned int clusters);
+unsigned int qcow2dedup_bio_clusters(struct qcow2dedup *q, struct bio *bio);
+int qcow2dedup_map_read(struct qcow2dedup *q, struct bio *bio);
+void qcow2dedup_read_deferred(struct qcow2dedup *q, struct bio *bio);
+
+/* engine-worker.c */
+void qcow2dedup_do_worker(struct work_struct *ws);
+void qcow2dedup_do_waker(struct work_struct *ws);
+void qcow2dedup_quiesce(struct qcow2dedup *q);
+void qcow2dedup_final_commit(struct qcow2dedup *q);
 
 #endif /* DM_QCOW2DEDUP_H */
