@@ -198,6 +198,8 @@ static void engine_free(struct qcow2dedup *q)
 	qcow2dedup_dedup_dtr(q);
 	if (q->wq)
 		destroy_workqueue(q->wq);
+	if (q->read_wq)
+		destroy_workqueue(q->read_wq);
 	qcow2dedup_rebuild_free(q);
 	qcow2dedup_table_free(q);
 	if (q->io)
@@ -275,6 +277,7 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	q->opt.argc = 0;
 	q->opt.argv = NULL;
 	mutex_init(&q->ctl);
+	mutex_init(&q->inflate_lock);
 	spin_lock_init(&q->lock);
 	bio_list_init(&q->deferred);
 	bio_list_init(&q->flushes);
@@ -348,7 +351,10 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 		goto bad;
 	}
 	q->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 0);
-	if (!q->wq) {
+	/* Reads that wait for metadata: unbound, several at once. */
+	q->read_wq = alloc_workqueue("dm-" DM_MSG_PREFIX "-read",
+				     WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	if (!q->wq || !q->read_wq) {
 		ti->error = "Cannot allocate workqueue";
 		goto bad;
 	}

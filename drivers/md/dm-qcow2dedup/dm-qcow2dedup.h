@@ -210,7 +210,7 @@ struct qcow2dedup {
 	unsigned long io_count[2];
 	wait_queue_head_t io_wait;
 	struct bio_set bs;
-	/* Pieces of deferred reads (qcow2dedup_read_deferred()): freed at end_io. */
+	/* Pieces of deferred reads (engine-read.c): freed at their end_io. */
 	struct bio_set split_bs;
 	struct dm_io_client *io;
 
@@ -229,8 +229,7 @@ struct qcow2dedup {
 	/*
 	 * Worker-only state: @busy holds the operations in flight by guest
 	 * cluster; @commit_waiters the bios that complete after the next
-	 * commit; @cbuf/@dbuf the compressed input and the last decompressed
-	 * cluster (valid while @dbuf_offset is non-zero).
+	 * commit.
 	 */
 	struct rb_root busy;
 	struct bio_list commit_waiters;
@@ -241,6 +240,17 @@ struct qcow2dedup {
 	bool autoclear_done;
 	bool commit_due;
 	bool suspended;			/* presuspend until resume: no timers */
+
+	/*
+	 * Reads map() cannot serve from cached metadata run on @read_wq, one
+	 * work item per bio (engine-read.c), never in the worker.
+	 * @inflate_lock: @dc, @cbuf (the compressed input), @dbuf (the last
+	 * cluster inflated, valid while @dbuf_offset is non-zero); taken by
+	 * those reads and by the worker's read-modify-write of a compressed
+	 * cluster.
+	 */
+	struct workqueue_struct *read_wq;
+	struct mutex inflate_lock;	/* @dc, @cbuf, @dbuf, @dbuf_offset */
 	struct qcow2_decompressor *dc;
 	void *cbuf;
 	void *dbuf;
@@ -277,7 +287,9 @@ struct qcow2dedup {
 	atomic_t rmw_inflight;
 	unsigned int rmw_inflight_max;	/* the worker's */
 	atomic64_t mem_waits;
-	atomic64_t reads_deferred;
+	atomic64_t reads_deferred;	/* to @read_wq */
+	atomic_t reads_inflight;	/* of those, being served */
+	unsigned int reads_inflight_max;
 	/*
 	 * Reads, and nodedup writes in place, that map() sent to the device
 	 * as one bio of several clusters.
@@ -304,6 +316,8 @@ struct qcow2dedup_c {
 
 /* Per-bio data. */
 struct qcow2_bio {
+	struct qcow2dedup *q;		/* deferred reads: see read_work */
+	struct work_struct read_work;	/* on @q->read_wq */
 	int io_idx;
 	bool io_held;
 	bool started;			/* discard: pieces counted from here */
@@ -490,12 +504,11 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen);
 int qcow2dedup_stage(struct qcow2dedup *q, u64 guest_off,
 		     enum qcow2_cluster_type type, u64 host_off, bool copied);
 
-/* engine-read.c: reads map() cannot answer alone go to the worker. */
+/* engine-read.c: map()'s reads, and the reads it defers to @read_wq. */
 void qcow2dedup_accept_clusters(struct qcow2dedup *q, struct bio *bio,
 				unsigned int clusters);
 unsigned int qcow2dedup_bio_clusters(struct qcow2dedup *q, struct bio *bio);
 int qcow2dedup_map_read(struct qcow2dedup *q, struct bio *bio);
-void qcow2dedup_read_deferred(struct qcow2dedup *q, struct bio *bio);
 
 /* engine-worker.c */
 void qcow2dedup_do_worker(struct work_struct *ws);

@@ -186,7 +186,7 @@ void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 		fn(1, ctx);
 }
 
-/* Decompress the cluster behind @info into @q->dbuf (worker only). */
+/* Decompress the cluster behind @info into @q->dbuf. */
 int qcow2dedup_load_compressed(struct qcow2dedup *q,
 			       const struct qcow2_l2e_info *info)
 {
@@ -194,6 +194,7 @@ int qcow2dedup_load_compressed(struct qcow2dedup *q,
 	u64 end = min(info->host_offset + info->compressed_len, q->geo->dev_size);
 	int r;
 
+	lockdep_assert_held(&q->inflate_lock);
 	if (q->dbuf_offset == info->host_offset)
 		return 0;
 	q->dbuf_offset = 0;
@@ -368,9 +369,11 @@ int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
 		return qcow2dedup_sync_io(q, REQ_OP_READ, buf, info->host_offset,
 			       q->geo->cluster_size);
 	case QCOW2_CLUSTER_COMPRESSED:
+		mutex_lock(&q->inflate_lock);
 		r = qcow2dedup_load_compressed(q, info);
 		if (!r)
 			memcpy(buf, q->dbuf, q->geo->cluster_size);
+		mutex_unlock(&q->inflate_lock);
 		return r;
 	default:
 		memset(buf, 0, q->geo->cluster_size);

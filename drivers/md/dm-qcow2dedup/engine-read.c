@@ -2,8 +2,17 @@
 /*
  * dm-qcow2dedup: reads.  map() answers a read from cached metadata when it
  * can (qcow2dedup_map_read(): remapped, zeros, or a run of contiguous
- * clusters at once); the worker takes the rest (qcow2dedup_read_deferred():
- * an L2 table to read, a compressed cluster to inflate).
+ * clusters at once).  The rest (an L2 block to read, a compressed cluster to
+ * inflate) is served by a work item of its own on @q->read_wq
+ * (read_deferred()), several at once, never by the worker: a read never
+ * waits behind a write's metadata work, nor a write behind a read's I/O.
+ *
+ * Such a read changes nothing: it looks metadata up exactly as map() does
+ * (qcow2_md_lookup() may run beside the worker, which stages an entry
+ * before it changes an L2 buffer) but may wait for dm-bufio to read a block.
+ * It holds a reader generation (qcow2dedup_io_hold()) from before its
+ * lookup to its end_io, so that no cluster it found is freed and reused
+ * meanwhile; the worker's commit may wait for it, never the reverse.
  */
 #include <linux/dm-io.h>
 
@@ -93,6 +102,8 @@ static int read_lookup(struct qcow2dedup *q, struct bio *bio, bool may_block,
 static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 		      enum qcow2_cluster_type type, const struct qcow2_l2e_info *info)
 {
+	int r;
+
 	switch (type) {
 	case QCOW2_CLUSTER_NORMAL:
 		bio_set_dev(bio, q->bdev);
@@ -106,10 +117,15 @@ static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	case QCOW2_CLUSTER_COMPRESSED:
+		/* Never in map(): qcow2dedup_map_read() defers these. */
 		atomic64_inc(&q->reads_compressed);
-		if (qcow2dedup_load_compressed(q, info))
+		mutex_lock(&q->inflate_lock);
+		r = qcow2dedup_load_compressed(q, info);
+		if (!r)
+			copy_to_bio(q, bio, q->dbuf);
+		mutex_unlock(&q->inflate_lock);
+		if (r)
 			return DM_MAPIO_KILL;
-		copy_to_bio(q, bio, q->dbuf);
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	default:
@@ -119,11 +135,13 @@ static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 	}
 }
 
+static void read_work(struct work_struct *ws);
+
 /*
  * map() a read: cut it to what one piece serves (read_lookup()) and serve
- * that, or defer it to the worker: a compressed cluster alone, a cache miss
- * with the clusters whose L2 entries are in the same block (the worker
- * reads it once for them all, then qcow2dedup_read_deferred() splits).
+ * that, or defer it to @q->read_wq: a compressed cluster alone, a cache miss
+ * with the clusters whose L2 entries are in the same block (read once for
+ * them all, then read_deferred() splits).
  */
 int qcow2dedup_map_read(struct qcow2dedup *q, struct bio *bio)
 {
@@ -141,7 +159,9 @@ int qcow2dedup_map_read(struct qcow2dedup *q, struct bio *bio)
 					   r ? min(qcow2dedup_bio_clusters(q, bio),
 						   qcow2_md_l2_block_clusters(q->md, off)) : 1);
 		atomic64_inc(&q->reads_deferred);
-		qcow2dedup_defer_bio(q, bio);
+		qcow2dedup_pb(bio)->q = q;
+		INIT_WORK(&qcow2dedup_pb(bio)->read_work, read_work);
+		queue_work(q->read_wq, &qcow2dedup_pb(bio)->read_work);
 		return DM_MAPIO_SUBMITTED;
 	}
 	if (r) {
@@ -172,15 +192,14 @@ static void finish_mapped(struct bio *bio, int r)
 }
 
 /*
- * The worker's side of a read map() deferred: a compressed cluster, or the
- * clusters of one L2 block that was not cached.  The lookup of the first
+ * A read map() deferred: a compressed cluster, or the clusters of one L2
+ * block that was not cached.  The lookup of the first
  * cluster reads the block; each piece read_lookup() finds (a host row, a
  * zero run, one cluster) is split off, chained to @bio and served; @bio
  * itself serves the last and ends when all pieces have.  One reader hold
- * covers them all, released at @bio's end_io: the worker commits nothing
- * while it maps them.
+ * covers them all, released at @bio's end_io.
  */
-void qcow2dedup_read_deferred(struct qcow2dedup *q, struct bio *bio)
+static void read_deferred(struct qcow2dedup *q, struct bio *bio)
 {
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
@@ -215,4 +234,25 @@ void qcow2dedup_read_deferred(struct qcow2dedup *q, struct bio *bio)
 		cond_resched();
 	}
 	finish_mapped(bio, read_piece(q, bio, off, type, &info));
+}
+
+/* @q->read_wq: serve one deferred read. */
+static void read_work(struct work_struct *ws)
+{
+	struct qcow2_bio *p = container_of(ws, struct qcow2_bio, read_work);
+	struct bio *bio = dm_bio_from_per_bio_data(p, sizeof(*p));
+	struct qcow2dedup *q = p->q;
+	unsigned int n = atomic_inc_return(&q->reads_inflight);
+	unsigned int max = READ_ONCE(q->reads_inflight_max);
+
+	/* A statistic: the most served at once. */
+	while (n > max) {
+		unsigned int seen = cmpxchg(&q->reads_inflight_max, max, n);
+
+		if (seen == max)
+			break;
+		max = seen;
+	}
+	read_deferred(q, bio);
+	atomic_dec(&q->reads_inflight);
 }

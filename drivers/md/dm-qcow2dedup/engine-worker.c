@@ -476,9 +476,8 @@ void qcow2dedup_do_worker(struct work_struct *ws)
 	while ((bio = bio_list_pop(&bios))) {
 		int r = 0;
 
-		if (bio_op(bio) == REQ_OP_READ) {
-			qcow2dedup_read_deferred(q, bio);
-		} else if (!bio_list_empty(&held)) {
+		/* Only writes, discards and write-zeroes: reads go to read_wq. */
+		if (!bio_list_empty(&held)) {
 			/* Writes stay in their order behind a held one. */
 			bio_list_add(&held, bio);
 		} else {
@@ -556,8 +555,9 @@ void qcow2dedup_quiesce(struct qcow2dedup *q)
 	/*
 	 * dm drains the I/O of a table before its postsuspend, but not when
 	 * it destroys a device that was never suspended: finish what the
-	 * worker holds before it stops.
+	 * worker holds before it stops.  Deferred reads need no worker.
 	 */
+	flush_workqueue(q->read_wq);
 	while (engine_busy(q)) {
 		qcow2dedup_wake(q);
 		flush_workqueue(q->wq);

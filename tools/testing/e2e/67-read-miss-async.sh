@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# 67-read-miss-async: reads whose L2 block is not cached, and reads of
+# compressed clusters, are served on the target's read workqueue, several
+# at once, and never by the worker (issue 11): a duplicate write with
+# verify completes while such reads are still waiting for their metadata,
+# and the data read and written are exactly right.
+#
+# Part 1: a 128 MiB image, 4 KiB clusters (one L2 table, one metadata
+# block, per 2 MiB), written by qemu-img: 4 KiB of random data at every
+# 2 MiB (64 L2 tables), on dm-delay, activated with sha256 + verify.  After
+# the index rebuild, D (4 KiB) is written at 100 MiB and the table flushed;
+# a suspend and resume empties the metadata cache, and from there reads are
+# 2000 ms late (writes on time).  A read at 100 MiB and D at 100 MiB + 4 KiB
+# bring back what the next duplicate needs (its L2 and refcount blocks),
+# and a "flush" message writes the table back now.
+# Then 16 processes read the first 4 KiB of each of the first 16 L2 tables
+# at once (O_DIRECT): none is cached, so each needs a metadata read and a
+# data read (two delays).  0.2 s later D is written again at 101 MiB: a hit
+# whose compare read takes one delay.
+#   - reads_deferred_inflight_max >= 8: the misses waited together (a
+#     worker reading each L2 block in turn would show 1);
+#   - the duplicate write ended before the first of the reads did (with the
+#     reads in the worker it waits behind 16 metadata reads, 32 s);
+#   - every read returned its data, the write was one more verified hit,
+#     no mismatch.
+# Part 2: an 8 MiB image of compressible text converted with qemu-img -c
+# (compressed 4 KiB clusters): 8 readers at once over its 8 MiB while 32
+# writes of 512 bytes go into compressed clusters (each read-modify-write
+# inflates the old cluster in the worker, under the lock the readers take
+# too): every reader saw each cluster old or new, the device reads back
+# the expected image, reads_compressed > 0.
+# After each part: qcheck (no leak beyond the dedup table's), qemu-img
+# compare with the expected image.
+# shellcheck source=tools/testing/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$WORK"
+
+python3 - <<'PY'
+import random
+r = random.Random(67)
+M, K = 1 << 20, 4096
+one = bytearray(128 * M)
+for t in range(64):
+    one[t * 2 * M:t * 2 * M + K] = r.randbytes(K)
+open("base1.raw", "wb").write(one)
+for t in range(16):
+    open("want%d.bin" % t, "wb").write(one[t * 2 * M:t * 2 * M + K])
+d = r.randbytes(K)
+open("d.bin", "wb").write(d)
+one[100 * M:100 * M + 2 * K] = d + d
+one[101 * M:101 * M + K] = d
+open("exp1.raw", "wb").write(one)
+# Part 2: text that deflates well, in 4 KiB clusters.
+words = [bytes(r.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(2, 9)))
+         for _ in range(300)]
+text = bytearray()
+while len(text) < 8 * M:
+    text += b" ".join(r.choice(words) for _ in range(12)) + b"\n"
+two = bytearray(text[:8 * M])
+open("base2.raw", "wb").write(two)
+pat = r.randbytes(32 * 512)
+open("pat.bin", "wb").write(pat)
+for c in range(32):
+    # Sector c % 8 of cluster 7 * c + 3.
+    o = (7 * c + 3) * K + (c % 8) * 512
+    two[o:o + 512] = pat[c * 512:(c + 1) * 512]
+open("exp2.raw", "wb").write(two)
+PY
+
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=4096 base1.raw one.qcow2
+truncate -s 160M one.qcow2
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096 base2.raw two.qcow2
+# QEMU 7.2's map does not say "compressed": the file's size does.
+[ "$(stat -c %s two.qcow2)" -lt $((4 << 20)) ] || fail "qemu-img -c compressed nothing"
+truncate -s 16M two.qcow2
+
+inner_prelude >common.sh
+cat >>common.sh <<'INNER'
+DEVS=$((160 * 2048))
+# kk BLOCK: 4 KiB block BLOCK of the device holds d.bin.
+kk() {
+	dd if=/dev/mapper/t bs=4k count=1 skip="$1" iflag=direct status=none | cmp -s - d.bin ||
+		bad "D not at 4 KiB block $1"
+}
+INNER
+
+log "part 1: cache-miss reads wait together; a duplicate write passes them"
+cat >act1.sh <<EOF
+. ./common.sh
+dmsetup create slow --table "0 \$DEVS delay /dev/ubda 0 0 /dev/ubda 0 0" || { echo "FAIL: dm-delay"; exit 1; }
+dmsetup create t --table "0 $((128 * 2048)) qcow2dedup /dev/mapper/slow 1 verify" || { echo "FAIL: create"; exit 1; }
+wait_rebuild 1
+dd if=d.bin of=/dev/mapper/t bs=4k seek=$((100 * 256)) oflag=direct conv=notrunc status=none || bad "write D"
+dmsetup message t 0 flush || bad "flush message"
+# The rebuild read every L2 table: a suspend forgets the cached metadata
+# (the resume compares the image with it).  Reads are slow from here.
+dmsetup suspend t || bad suspend
+dmsetup load slow --table "0 \$DEVS delay /dev/ubda 0 2000 /dev/ubda 0 0" && dmsetup resume slow ||
+	bad "slow reads"
+dmsetup resume t || bad resume
+dd if=/dev/mapper/t of=/dev/null bs=4k count=1 skip=$((100 * 256)) iflag=direct status=none ||
+	bad "warm read"
+dd if=d.bin of=/dev/mapper/t bs=4k seek=$((100 * 256 + 1)) oflag=direct conv=notrunc status=none ||
+	bad "warm write"
+# The table's write-back now, not at its next period in the middle of
+# what follows (it reads the header, a slow read in the worker).
+dmsetup message t 0 flush || bad "flush message"
+save t before
+grep -E '^(verify|reads_deferred|dedup_hits|table_(state|barriers))' before.stats | tr '\n' ' '; echo
+pids=()
+for i in \$(seq 0 15); do
+	( dd if=/dev/mapper/t of=got\$i.bin bs=4k count=1 skip=\$((i * 512)) iflag=direct status=none &&
+	  date +%s%N >read\$i.end ) &
+	pids+=(\$!)
+done
+sleep 0.2
+dd if=d.bin of=/dev/mapper/t bs=4k seek=$((101 * 256)) oflag=direct conv=notrunc status=none ||
+	bad "write D again"
+date +%s%N >write.end
+for p in "\${pids[@]}"; do wait "\$p" || bad "a read failed"; done
+first=\$(cat read*.end | sort -n | head -n 1)
+echo "duplicate write ended \$(( (first - \$(cat write.end)) / 1000000 )) ms before the first read"
+[ "\$(cat write.end)" -lt "\$first" ] || bad "the duplicate write waited for the cache-miss reads"
+for i in \$(seq 0 15); do cmp -s got\$i.bin want\$i.bin || bad "read \$i returned other data"; done
+save t act
+grep -E '^(verify|reads_deferred|dedup_hits|table_(state|barriers))' act.stats | tr '\n' ' '; echo
+kk $((100 * 256)); kk $((100 * 256 + 1)); kk $((101 * 256))
+dmsetup remove t || bad remove
+dmsetup remove slow || bad "remove slow"
+echo act1-done
+exit \$rc
+EOF
+run_inner act1 -d one.qcow2
+want_stat act.stats reads_deferred_inflight_max -ge 8
+want_stat act.stats reads_deferred -ge 16
+# The burst's write is one more verified hit than before it.
+for k in dedup_hits verify_reads; do
+	want_stat act.stats "$k" -eq $(($(awk -v k="$k" '$1 == k { print $2 }' before.stats) + 1))
+done
+want_stat act.stats verify_mismatches -eq 0
+log "part 1: $(awk '$1 ~ /^reads_deferred/ { printf "%s %s ", $1, $2 }' act.stats)"
+qcheck one.qcow2
+qemu-img compare -q -f raw -F qcow2 exp1.raw one.qcow2 || fail "part 1: content differs"
+
+log "part 2: compressed clusters read on the read workqueue beside RMW writes"
+cat >act2.sh <<EOF
+. ./common.sh
+dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/ubda" || { echo "FAIL: create"; exit 1; }
+pids=()
+for i in \$(seq 0 7); do
+	dd if=/dev/mapper/t of=part\$i.bin bs=64k count=16 skip=\$((i * 16)) iflag=direct status=none &
+	pids+=(\$!)
+done
+for c in \$(seq 0 31); do
+	dd if=pat.bin of=/dev/mapper/t bs=512 count=1 skip=\$c seek=\$(( (7 * c + 3) * 8 + c % 8 )) \\
+		oflag=direct conv=notrunc status=none &
+	pids+=(\$!)
+done
+for p in "\${pids[@]}"; do wait "\$p" || bad "a read or write failed"; done
+save t act2
+dd if=/dev/mapper/t of=all.bin bs=1M iflag=direct status=none || bad "read back"
+cmp -s all.bin exp2.raw || bad "the device differs from the expected image"
+for i in \$(seq 0 7); do
+	# Each reader saw, cluster by cluster, the old or the new contents.
+	python3 - "\$i" <<'PY' || bad "reader \$i saw a cluster neither old nor new"
+import sys
+i, K = int(sys.argv[1]), 4096
+got = open("part%d.bin" % i, "rb").read()
+old = open("base2.raw", "rb").read()[i << 20:(i + 1) << 20]
+new = open("exp2.raw", "rb").read()[i << 20:(i + 1) << 20]
+sys.exit(any(got[o:o + K] not in (old[o:o + K], new[o:o + K]) for o in range(0, 1 << 20, K)))
+PY
+done
+dmsetup remove t || bad remove
+echo act2-done
+exit \$rc
+EOF
+run_inner act2 -d two.qcow2
+want_stat act2.stats reads_compressed -gt 0
+log "part 2: $(awk '$1 ~ /^reads_(compressed|deferred)/ { printf "%s %s ", $1, $2 }' act2.stats)"
+qcheck two.qcow2
+qemu-img compare -q -f raw -F qcow2 exp2.raw two.qcow2 || fail "part 2: content differs"
