@@ -824,6 +824,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("reads_deferred %lld\n", (long long)atomic64_read(&q->reads_deferred));
 	DMEMIT("reads_deferred_inflight_max %u\n", READ_ONCE(q->reads_inflight_max));
 	DMEMIT("reads_compressed %lld\n", (long long)atomic64_read(&q->reads_compressed));
+	DMEMIT("writes_cold %lld\n", (long long)atomic64_read(&q->writes_cold));
+	DMEMIT("writes_cold_inflight_max %u\n", READ_ONCE(q->writes_cold_inflight_max));
 	DMEMIT("write_runs %lld\n", (long long)atomic64_read(&q->write_runs));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
 	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));

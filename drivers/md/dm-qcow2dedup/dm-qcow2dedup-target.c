@@ -76,7 +76,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	enum qcow2_cluster_type type;
 	unsigned long flags;
 	bool pending;
-	int idx;
+	int idx, r;
 
 	qcow2dedup_pb(bio)->io_held = false;
 	qcow2dedup_pb(bio)->started = false;
@@ -126,8 +126,8 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 		qcow2dedup_accept_clusters(q, bio, 1);
 	/* Fast path: in place into a cluster whose refcount is one. */
 	idx = qcow2dedup_io_hold(q);
-	if (READ_ONCE(q->autoclear_done) &&
-	    !qcow2_md_lookup(q->md, qcow2dedup_guest_offset(bio), false, &type, &info, &pending) &&
+	r = qcow2_md_lookup(q->md, qcow2dedup_guest_offset(bio), false, &type, &info, &pending);
+	if (!r && READ_ONCE(q->autoclear_done) &&
 	    type == QCOW2_CLUSTER_NORMAL && info.copied &&
 	    !(pending && (bio->bi_opf & REQ_FUA)) &&
 	    may_write_in_place(q, bio, info.host_offset)) {
@@ -152,7 +152,11 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	}
 	qcow2dedup_io_unhold(q, idx);
 	qcow2dedup_accept_clusters(q, bio, 1);
-	qcow2dedup_defer_bio(q, bio);
+	/* Its L2 block first, on the read workqueue: the worker never waits. */
+	if (r == -EWOULDBLOCK)
+		qcow2dedup_defer_cold_write(q, bio);
+	else
+		qcow2dedup_defer_bio(q, bio);
 	return DM_MAPIO_SUBMITTED;
 }
 

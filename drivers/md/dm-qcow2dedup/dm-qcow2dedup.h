@@ -290,6 +290,9 @@ struct qcow2dedup {
 	atomic64_t reads_deferred;	/* to @read_wq */
 	atomic_t reads_inflight;	/* of those, being served */
 	unsigned int reads_inflight_max;
+	atomic64_t writes_cold;		/* to @read_wq for their L2 block first */
+	atomic_t writes_cold_inflight;
+	unsigned int writes_cold_inflight_max;
 	/*
 	 * Reads, and nodedup writes in place, that map() sent to the device
 	 * as one bio of several clusters.
@@ -316,8 +319,8 @@ struct qcow2dedup_c {
 
 /* Per-bio data. */
 struct qcow2_bio {
-	struct qcow2dedup *q;		/* deferred reads: see read_work */
-	struct work_struct read_work;	/* on @q->read_wq */
+	struct qcow2dedup *q;		/* for read_work */
+	struct work_struct read_work;	/* deferred reads, cold writes: @q->read_wq */
 	int io_idx;
 	bool io_held;
 	bool started;			/* discard: pieces counted from here */
@@ -509,6 +512,7 @@ void qcow2dedup_accept_clusters(struct qcow2dedup *q, struct bio *bio,
 				unsigned int clusters);
 unsigned int qcow2dedup_bio_clusters(struct qcow2dedup *q, struct bio *bio);
 int qcow2dedup_map_read(struct qcow2dedup *q, struct bio *bio);
+void qcow2dedup_defer_cold_write(struct qcow2dedup *q, struct bio *bio);
 
 /* engine-worker.c */
 void qcow2dedup_do_worker(struct work_struct *ws);

@@ -236,23 +236,73 @@ static void read_deferred(struct qcow2dedup *q, struct bio *bio)
 	finish_mapped(bio, read_piece(q, bio, off, type, &info));
 }
 
+/* A statistic: the most work items of one kind at once. */
+static void inflight_enter(atomic_t *inflight, unsigned int *max_seen)
+{
+	unsigned int n = atomic_inc_return(inflight);
+	unsigned int max = READ_ONCE(*max_seen);
+
+	while (n > max) {
+		unsigned int seen = cmpxchg(max_seen, max, n);
+
+		if (seen == max)
+			break;
+		max = seen;
+	}
+}
+
 /* @q->read_wq: serve one deferred read. */
 static void read_work(struct work_struct *ws)
 {
 	struct qcow2_bio *p = container_of(ws, struct qcow2_bio, read_work);
 	struct bio *bio = dm_bio_from_per_bio_data(p, sizeof(*p));
 	struct qcow2dedup *q = p->q;
-	unsigned int n = atomic_inc_return(&q->reads_inflight);
-	unsigned int max = READ_ONCE(q->reads_inflight_max);
 
-	/* A statistic: the most served at once. */
-	while (n > max) {
-		unsigned int seen = cmpxchg(&q->reads_inflight_max, max, n);
-
-		if (seen == max)
-			break;
-		max = seen;
-	}
+	inflight_enter(&q->reads_inflight, &q->reads_inflight_max);
 	read_deferred(q, bio);
 	atomic_dec(&q->reads_inflight);
+}
+
+/*
+ * @q->read_wq: bring the L2 block of a write map() could not look up into
+ * the cache, then give the write to the worker, which finds it there (but
+ * for an eviction meanwhile: then it reads the block itself).  What the
+ * lookup found is not used: the worker looks up again.  A reader hold
+ * across the lookup, as for a read: the L2 table it reads is not freed
+ * and reused meanwhile.
+ */
+static void cold_write_work(struct work_struct *ws)
+{
+	struct qcow2_bio *p = container_of(ws, struct qcow2_bio, read_work);
+	struct bio *bio = dm_bio_from_per_bio_data(p, sizeof(*p));
+	struct qcow2dedup *q = p->q;
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	bool pending;
+	int idx;
+
+	inflight_enter(&q->writes_cold_inflight, &q->writes_cold_inflight_max);
+	idx = qcow2dedup_io_hold(q);
+	qcow2_md_lookup(q->md, qcow2dedup_guest_offset(bio), true, &type, &info, &pending);
+	qcow2dedup_io_unhold(q, idx);
+	atomic_dec(&q->writes_cold_inflight);
+	qcow2dedup_defer_bio(q, bio);
+}
+
+/**
+ * qcow2dedup_defer_cold_write() - map(): a write whose L2 block is not
+ *	cached goes to the worker through @q->read_wq (cold_write_work()),
+ *	so that the worker never waits for that read and the blocks of many
+ *	such writes are read at once.
+ * @q: target.
+ * @bio: the write, cut to its first cluster.
+ */
+void qcow2dedup_defer_cold_write(struct qcow2dedup *q, struct bio *bio)
+{
+	struct qcow2_bio *p = qcow2dedup_pb(bio);
+
+	atomic64_inc(&q->writes_cold);
+	p->q = q;
+	INIT_WORK(&p->read_work, cold_write_work);
+	queue_work(q->read_wq, &p->read_work);
 }

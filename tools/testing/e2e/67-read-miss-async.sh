@@ -25,6 +25,10 @@
 #     reads in the worker it waits behind 16 metadata reads, 32 s);
 #   - every read returned its data, the write was one more verified hit,
 #     no mismatch.
+# Then 16 writes of new data at once into the L2 tables of 32-62 MiB (not
+# cached): each goes through the read workqueue for its L2 block
+# (writes_cold +16, writes_cold_inflight_max >= 8: a worker reading each
+# block in turn would show none) and reads back right.
 # Part 2: an 8 MiB image of compressible text converted with qemu-img -c
 # (compressed 4 KiB clusters): 8 readers at once over its 8 MiB while 32
 # writes of 512 bytes go into compressed clusters (each read-modify-write
@@ -51,6 +55,11 @@ d = r.randbytes(K)
 open("d.bin", "wb").write(d)
 one[100 * M:100 * M + 2 * K] = d + d
 one[101 * M:101 * M + K] = d
+w = r.randbytes(16 * K)
+open("w.bin", "wb").write(w)
+for i in range(16):
+    o = (16 + i) * 2 * M + M
+    one[o:o + K] = w[i * K:(i + 1) * K]
 open("exp1.raw", "wb").write(one)
 # Part 2: text that deflates well, in 4 KiB clusters.
 words = [bytes(r.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(2, 9)))
@@ -127,6 +136,24 @@ for i in \$(seq 0 15); do cmp -s got\$i.bin want\$i.bin || bad "read \$i returne
 save t act
 grep -E '^(verify|reads_deferred|dedup_hits|table_(state|barriers))' act.stats | tr '\n' ' '; echo
 kk $((100 * 256)); kk $((100 * 256 + 1)); kk $((101 * 256))
+# Cold writes: 16 new clusters in the L2 tables of 32-62 MiB, not read
+# since the resume, at once.
+a=\$(date +%s%N)
+pids=()
+for i in \$(seq 0 15); do
+	dd if=w.bin of=/dev/mapper/t bs=4k count=1 skip=\$i seek=\$(( (16 + i) * 512 + 256 )) \\
+		oflag=direct conv=notrunc status=none &
+	pids+=(\$!)
+done
+for p in "\${pids[@]}"; do wait "\$p" || bad "a cold write failed"; done
+echo "16 cold writes: \$(( (\$(date +%s%N) - a) / 1000000 )) ms"
+save t cold
+grep -E '^writes_cold' cold.stats | tr '\n' ' '; echo
+for i in \$(seq 0 15); do
+	dd if=/dev/mapper/t of=gotw.bin bs=4k count=1 skip=\$(( (16 + i) * 512 + 256 )) iflag=direct status=none
+	dd if=w.bin of=wantw.bin bs=4k count=1 skip=\$i status=none
+	cmp gotw.bin wantw.bin || bad "cold write \$i reads back wrong"
+done
 dmsetup remove t || bad remove
 dmsetup remove slow || bad "remove slow"
 echo act1-done
@@ -140,6 +167,8 @@ for k in dedup_hits verify_reads; do
 	want_stat act.stats "$k" -eq $(($(awk -v k="$k" '$1 == k { print $2 }' before.stats) + 1))
 done
 want_stat act.stats verify_mismatches -eq 0
+want_stat cold.stats writes_cold -ge $(($(awk '$1 == "writes_cold" { print $2 }' act.stats) + 16))
+want_stat cold.stats writes_cold_inflight_max -ge 8
 log "part 1: $(awk '$1 ~ /^reads_deferred/ { printf "%s %s ", $1, $2 }' act.stats)"
 qcheck one.qcow2
 qemu-img compare -q -f raw -F qcow2 exp1.raw one.qcow2 || fail "part 1: content differs"
