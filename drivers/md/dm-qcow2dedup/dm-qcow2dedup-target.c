@@ -33,10 +33,12 @@
  * clusters complete with zeros, and writes to a cluster whose refcount is
  * one (COPIED) go there in place.  No max_io_len: it would also set the
  * queue's chunk_sectors, and the block layer would cut every read at
- * every cluster before it reaches map().  Everything else goes to the
- * deferred list of the single worker (engine-worker.c): cache misses,
- * compressed clusters, writes that allocate or copy a cluster, discards,
- * write-zeroes and flushes.
+ * every cluster before it reaches map().  Reads that miss the metadata
+ * cache or hit a compressed cluster go to the read workqueue
+ * (engine-read.c), and so do writes whose L2 block is not cached, on their
+ * way to the worker.  Everything else goes to the deferred list of the
+ * single worker (engine-worker.c): writes that allocate or copy a cluster,
+ * discards, write-zeroes and flushes.
  */
 #include <linux/dm-io.h>
 #include <linux/module.h>
@@ -200,10 +202,11 @@ static void engine_free(struct qcow2dedup *q)
 		cancel_delayed_work_sync(&q->table.flusher);
 	}
 	qcow2dedup_dedup_dtr(q);
-	if (q->wq)
-		destroy_workqueue(q->wq);
+	/* First: its items hand writes to the worker's workqueue. */
 	if (q->read_wq)
 		destroy_workqueue(q->read_wq);
+	if (q->wq)
+		destroy_workqueue(q->wq);
 	qcow2dedup_rebuild_free(q);
 	qcow2dedup_table_free(q);
 	if (q->io)

@@ -17,9 +17,10 @@
  *
  * Locking: @q->lock protects the lists of work for the worker (deferred
  * bios, flushes, completed and hashed operations); @q->io_lock the reader
- * generations.  Everything else here belongs to the worker, but for the
- * completion handlers, which only move an operation to a list under
- * @q->lock and wake the worker.
+ * generations; @q->inflate_lock the decompressor and its buffers
+ * (qcow2dedup_load_compressed()).  Everything else here belongs to the
+ * worker, but for the completion handlers, which only move an operation to
+ * a list under @q->lock and wake the worker.
  */
 #include <linux/dm-io.h>
 #include <linux/slab.h>

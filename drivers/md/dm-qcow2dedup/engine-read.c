@@ -5,7 +5,11 @@
  * clusters at once).  The rest (an L2 block to read, a compressed cluster to
  * inflate) is served by a work item of its own on @q->read_wq
  * (read_deferred()), several at once, never by the worker: a read never
- * waits behind a write's metadata work, nor a write behind a read's I/O.
+ * waits behind a write's metadata work, nor a write behind a read's
+ * metadata read.  (Compressed clusters are inflated one at a time under
+ * @q->inflate_lock, with the cluster's read: a worker's read-modify-write
+ * of a compressed cluster may wait for a read's inflate.  Images served
+ * are rarely compressed; a pool of decompressors would lift this.)
  *
  * Such a read changes nothing: it looks metadata up exactly as map() does
  * (qcow2_md_lookup() may run beside the worker, which stages an entry
@@ -96,8 +100,8 @@ static int read_lookup(struct qcow2dedup *q, struct bio *bio, bool may_block,
 
 /*
  * Serve read @bio, which covers only what read_lookup() found (@type,
- * @info), from guest offset @off.  Compressed clusters only in the worker.
- * Returns a DM_MAPIO_* code: REMAPPED is for the caller to submit.
+ * @info), from guest offset @off.  Compressed clusters only on @q->read_wq
+ * (qcow2dedup_map_read() defers them).  Returns a DM_MAPIO_* code: REMAPPED is for the caller to submit.
  */
 static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 		      enum qcow2_cluster_type type, const struct qcow2_l2e_info *info)

@@ -560,7 +560,11 @@ const struct qcow2_geometry *qcow2_md_geometry(struct qcow2_metadata *md)
  * staged entry finds the new one in the buffer.
  *
  * Context: map() if !@may_block (no I/O; may wait briefly for a dm-bufio
- *	tree lock); the worker otherwise.
+ *	tree lock); else the worker, or any process context beside it that
+ *	holds off the freeing of clusters from before the lookup to the end
+ *	of what it found (the target's reader generations): the worker
+ *	changes nothing such a lookup reads before the change is safe to
+ *	see, as for map().
  * Return: 0; -EWOULDBLOCK if !@may_block and the L2 block is not cached;
  * -EIO if the L1 index is out of range; a read error.
  */
