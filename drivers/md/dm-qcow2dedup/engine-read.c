@@ -101,7 +101,8 @@ static int read_lookup(struct qcow2dedup *q, struct bio *bio, bool may_block,
 /*
  * Serve read @bio, which covers only what read_lookup() found (@type,
  * @info), from guest offset @off.  Compressed clusters only on @q->read_wq
- * (qcow2dedup_map_read() defers them).  Returns a DM_MAPIO_* code: REMAPPED is for the caller to submit.
+ * (qcow2dedup_map_read() defers them).  Returns a DM_MAPIO_* code:
+ * REMAPPED is for the caller to submit.
  */
 static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 		      enum qcow2_cluster_type type, const struct qcow2_l2e_info *info)
