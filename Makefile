@@ -51,11 +51,13 @@ X86_ACCEL ?= $(shell tools/testing/x86-accel)
 # reload, flush and rebuild messages, power cuts).  E2E_SMP_MORE: other
 # scenarios with concurrency, not in check (each boots the kernel several
 # times under TCG, a minute each; results in tools/testing/x86/NOTES.md),
-# 59-read-runs first (rows of clusters read while their mappings change).
 # 67-read-miss-async: the read workqueue's items beside the worker (and
 # compressed reads beside read-modify-writes of the same clusters), 4 min.
-E2E_SMP   ?= /(54-smp-stress|67-read-miss-async)\.sh$$
-E2E_SMP_MORE := /(59-read-runs|30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|63-verify-async|66-rmw-async)\.sh$$
+# 59-read-runs: rows of clusters read while their mappings change and
+# their clusters are freed and reused: the per-CPU reader generations
+# (io-readers.c) against the commits that wait for them.
+E2E_SMP   ?= /(54-smp-stress|67-read-miss-async|59-read-runs)\.sh$$
+E2E_SMP_MORE := /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|63-verify-async|66-rmw-async)\.sh$$
 
 .PHONY: all module module-6.1 deb tool deps uml kunit e2e smoke static checkpatch sparse layers check demo bench bench-vm bench-dd fuzz \
 	x86 kunit-x86 e2e-smp print-e2e-smp print-ko-6.1 print-kver print-kver-6.1 install install-tool clean help

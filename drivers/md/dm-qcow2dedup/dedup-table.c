@@ -1108,13 +1108,25 @@ const char *qcow2dedup_table_state(struct qcow2dedup *q)
  */
 int qcow2dedup_commit(struct qcow2dedup *q)
 {
+	bool frees;
 	int r;
 
 	qcow2dedup_assert_worker(q);
 	r = qcow2dedup_table_before_commit(q);
-	if (!r)
-		r = qcow2_md_commit(q->md, false);
-
+	if (r)
+		goto out;
+	/*
+	 * A commit that frees clusters waits until no bio mapped before it
+	 * uses them: start that wait's grace period now, while the commit
+	 * writes (its decrements were all staged before this point).
+	 */
+	frees = qcow2_md_frees_staged(q->md);
+	if (frees)
+		qcow2dedup_readers_retire(&q->readers);
+	r = qcow2_md_commit(q->md, false);
+	if (frees)
+		qcow2dedup_readers_end_retire(&q->readers);
+out:
 	if (r)
 		qcow2dedup_metadata_error(q, "commit", r);
 	return r;

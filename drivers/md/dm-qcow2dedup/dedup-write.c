@@ -816,6 +816,10 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("verify_inflight_max %u\n", READ_ONCE(q->verify_inflight_max));
 	DMEMIT("rmw_reads %lld\n", (long long)atomic64_read(&q->rmw_reads));
 	DMEMIT("rmw_inflight_max %u\n", READ_ONCE(q->rmw_inflight_max));
+	DMEMIT("reader_waits %llu\n", READ_ONCE(q->readers.waits));
+	DMEMIT("reader_wait_us %llu\n", div_u64(READ_ONCE(q->readers.wait_ns), NSEC_PER_USEC));
+	DMEMIT("reader_wait_us_max %llu\n",
+	       div_u64(READ_ONCE(q->readers.wait_ns_max), NSEC_PER_USEC));
 	DMEMIT("memory_waits %lld\n", (long long)atomic64_read(&q->mem_waits));
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
 	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));

@@ -219,6 +219,7 @@ static void engine_free(struct qcow2dedup *q)
 	kvfree(q->cbuf);
 	kvfree(q->dbuf);
 	qcow2_md_close(q->md);
+	qcow2dedup_readers_exit(&q->readers);
 	kfree(q);
 }
 
@@ -274,7 +275,8 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	int r;
 
 	q = kzalloc(sizeof(*q), GFP_KERNEL);
-	if (!q) {
+	if (!q || qcow2dedup_readers_init(&q->readers)) {
+		kfree(q);
 		ti->error = "Cannot allocate target context";
 		return -ENOMEM;
 	}
@@ -305,8 +307,6 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	q->suspended = true;
 	q->quiesced = true;
 	q->stopped = true;
-	spin_lock_init(&q->io_lock);
-	init_waitqueue_head(&q->io_wait);
 	q->writable = writable;
 	q->mode = MODE_WRITE;
 

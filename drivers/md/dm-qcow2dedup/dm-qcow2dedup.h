@@ -19,6 +19,7 @@
 #include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 #include "dedup-table-format.h"
+#include "io-readers.h"
 #include "qcow2-metadata.h"
 
 #define DM_MSG_PREFIX "qcow2dedup"
@@ -204,11 +205,8 @@ struct qcow2dedup {
 	struct list_head completed;	/* ops whose data write is done */
 	struct list_head hashed;	/* ops whose digest is ready */
 
-	/* Bios remapped to host clusters, by generation: see qcow2dedup_io_hold(). */
-	spinlock_t io_lock;
-	unsigned int io_gen;
-	unsigned long io_count[2];
-	wait_queue_head_t io_wait;
+	/* Bios remapped to host clusters, by generation (io-readers.h). */
+	struct qcow2dedup_readers readers;
 	struct bio_set bs;
 	/* Pieces of deferred reads (engine-read.c): freed at their end_io. */
 	struct bio_set split_bs;

@@ -16,9 +16,9 @@
  * is written to the metadata), and a second one to "fail" (all I/O fails).
  *
  * Locking: @q->lock protects the lists of work for the worker (deferred
- * bios, flushes, completed and hashed operations); @q->io_lock the reader
- * generations; @q->inflate_lock the decompressor and its buffers
- * (qcow2dedup_load_compressed()).  Everything else here belongs to the
+ * bios, flushes, completed and hashed operations); @q->readers takes no
+ * lock in its holders (io-readers.h); @q->inflate_lock the decompressor and
+ * its buffers (qcow2dedup_load_compressed()).  Everything else here belongs to the
  * worker, but for the completion handlers, which only move an operation to
  * a list under @q->lock and wake the worker.
  */
@@ -80,58 +80,34 @@ void qcow2dedup_metadata_error_once(struct qcow2dedup *q, const char *what, int 
 }
 
 /*
- * Readers of host clusters.  Every bio remapped to a host cluster is
- * counted in the current generation from map() (or the worker) until its
- * end_io; a commit about to free clusters starts a new generation and waits
- * for the old one to drain.  Commits are serialised by the worker, so two
- * generations suffice.
- *
- * Not SRCU: with srcu_down_read() in map() and srcu_up_read() in end_io
- * (irq context), Tiny SRCU (!SMP kernels, User-Mode Linux) updates its
- * nesting count non-atomically and skips the grace-period wake-up when the
- * last reader leaves from an irq, so synchronize_srcu() could wait forever.
+ * Readers of host clusters (io-readers.c): every bio remapped to a host
+ * cluster holds the current generation from map() (or the worker) until
+ * its end_io; a commit about to free clusters waits for the generations
+ * taken before it.
  */
 void qcow2dedup_md_wait_for_readers(void *ctx)
 {
 	struct qcow2dedup *q = ctx;
-	unsigned int idx;
 
-	spin_lock_irq(&q->io_lock);
-	idx = q->io_gen++ & 1;
-	spin_unlock_irq(&q->io_lock);
-	wait_event(q->io_wait, !READ_ONCE(q->io_count[idx]));
+	/* The commit retired the generation before it wrote (if it frees). */
+	qcow2dedup_readers_wait_retired(&q->readers);
 }
 
 void qcow2dedup_wait_for_readers(struct qcow2dedup *q)
 {
-	qcow2dedup_md_wait_for_readers(q);
+	qcow2dedup_readers_wait(&q->readers);
 }
 
 int qcow2dedup_io_hold(struct qcow2dedup *q)
 {
-	unsigned long flags;
-	int idx;
-
-	spin_lock_irqsave(&q->io_lock, flags);
-	idx = q->io_gen & 1;
-	q->io_count[idx]++;
-	spin_unlock_irqrestore(&q->io_lock, flags);
-	return idx;
+	return qcow2dedup_readers_hold(&q->readers);
 }
 
 void qcow2dedup_io_unhold(struct qcow2dedup *q, int idx)
 {
-	unsigned long flags;
-	bool last;
-
-	spin_lock_irqsave(&q->io_lock, flags);
-	last = !--q->io_count[idx];
-	spin_unlock_irqrestore(&q->io_lock, flags);
-	if (last)
-		wake_up(&q->io_wait);
+	qcow2dedup_readers_unhold(&q->readers, idx);
 }
 
-/* For a read the target itself issues (a verify read): as map()'s. */
 /* Remap @bio to host byte @host_off; it stays counted as a reader until end_io. */
 void qcow2dedup_remap_held(struct qcow2dedup *q, struct bio *bio, u64 host_off,
 			   int io_idx)

@@ -371,7 +371,8 @@ static struct dm_bufio_client *new_client(struct block_device *bdev, u32 bits)
  * @target_len: length of the dm target in sectors.
  * @writable: the image will be written: load the refcounts too.
  * @wait_for_readers: waits until no bio still uses a cluster whose last
- *	reference was dropped before the call (see qcow2_md_commit()).
+ *	reference was staged to drop before the commit that calls it began
+ *	(see qcow2_md_commit()).
  * @ctx: argument of @wait_for_readers.
  * @why: on -EINVAL, why the image was refused.
  *
@@ -1506,6 +1507,18 @@ bool qcow2_md_metadata_in(struct qcow2_metadata *md, struct xarray *set)
 			return true;
 	}
 	return false;
+}
+
+/**
+ * qcow2_md_frees_staged() - will the next commit drop refcounts?
+ * @md: metadata.
+ *
+ * Such a commit waits for readers (the @wait_for_readers of
+ * qcow2_md_open()) before the first refcount falls.
+ */
+bool qcow2_md_frees_staged(struct qcow2_metadata *md)
+{
+	return md->nr_decrements;
 }
 
 /**
