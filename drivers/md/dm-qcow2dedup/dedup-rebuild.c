@@ -16,8 +16,8 @@
  * lacks COPIED (QEMU's copy-on-write leaves it so on the other referrer
  * of a cluster the target had shared) gets its flag back on the way.
  *
- * Hash.  qcow2dedup_md_wait_for_readers() drains in-place writes map() sent before the
- * entries existed, so the bytes read next are stable.  Work items on
+ * Hash.  qcow2dedup_wait_for_readers() drains in-place writes map() sent
+ * before the entries existed, so the bytes read next are stable.  Work items on
  * hash_wq read and hash batches, REBUILD_BATCHES of them out at a time so
  * that reading one overlaps hashing another; back in the worker, an entry still
  * UNKEYED (nothing wrote, freed or re-keyed the cluster since: all of that

@@ -1108,7 +1108,7 @@ const char *qcow2dedup_table_state(struct qcow2dedup *q)
  */
 int qcow2dedup_commit(struct qcow2dedup *q)
 {
-	bool frees;
+	bool frees = false;
 	int r;
 
 	qcow2dedup_assert_worker(q);
@@ -1116,19 +1116,20 @@ int qcow2dedup_commit(struct qcow2dedup *q)
 	if (r)
 		goto out;
 	/*
-	 * A commit that frees clusters waits until no bio mapped before it
-	 * uses them: start that wait's grace period now, while the commit
-	 * writes (its decrements were all staged before this point).
+	 * A commit that frees clusters waits until no bio that looked up
+	 * before it uses them: when nothing after this point can reach them,
+	 * start that wait's grace period now, while the commit writes.
 	 */
-	frees = qcow2_md_frees_staged(q->md);
+	frees = qcow2_md_frees_unreachable(q->md);
 	if (frees)
 		qcow2dedup_readers_retire(&q->readers);
 	r = qcow2_md_commit(q->md, false);
-	if (frees)
-		qcow2dedup_readers_end_retire(&q->readers);
 out:
 	if (r)
 		qcow2dedup_metadata_error(q, "commit", r);
+	/* After a failure before its wait: no later wait may inherit it. */
+	if (frees)
+		qcow2dedup_readers_end_retire(&q->readers);
 	return r;
 }
 

@@ -19,6 +19,7 @@
 #include <kunit/visibility.h>
 #include <linux/ktime.h>
 #include <linux/lockdep.h>
+#include <linux/rcupdate.h>
 
 #include "io-readers.h"
 
@@ -63,15 +64,27 @@ void qcow2dedup_readers_exit(struct qcow2dedup_readers *r)
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2dedup_readers_exit);
 
-/* Any context.  Returns the generation to give back to unhold. */
+/*
+ * Any context.  Returns the generation to give back to unhold.
+ *
+ * The read of @cur and the get are one RCU read-side section: a waiter's
+ * kill drains the generation only after a grace period, so a holder that
+ * read an old @cur and still got that generation is counted in the drain
+ * (and cannot have got it after a later waiter made it live again, which
+ * would leave its loads unordered against that waiter's changes).
+ */
 int qcow2dedup_readers_hold(struct qcow2dedup_readers *r)
 {
 	unsigned int idx;
+	bool held;
 
 	for (;;) {
+		rcu_read_lock();
 		/* Pairs with the waiter's store: the generation is live again. */
 		idx = smp_load_acquire(&r->cur) & 1;
-		if (percpu_ref_tryget_live(&r->gen[idx].ref))
+		held = percpu_ref_tryget_live_rcu(&r->gen[idx].ref);
+		rcu_read_unlock();
+		if (held)
 			return idx;
 		/*
 		 * Killed: a waiter published the next generation before the

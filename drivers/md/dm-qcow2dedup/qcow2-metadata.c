@@ -1510,15 +1510,21 @@ bool qcow2_md_metadata_in(struct qcow2_metadata *md, struct xarray *set)
 }
 
 /**
- * qcow2_md_frees_staged() - will the next commit drop refcounts?
+ * qcow2_md_frees_unreachable() - will the next commit drop refcounts of
+ *	clusters no lookup from now on can reach?
  * @md: metadata.
  *
  * Such a commit waits for readers (the @wait_for_readers of
- * qcow2_md_open()) before the first refcount falls.
+ * qcow2_md_open()) before the first refcount falls; only the bios that
+ * looked up before this call can still use the clusters it frees, so the
+ * caller may start that wait now.  Not with a new L1 entry staged: lookups
+ * read the L1 table in memory, which the commit updates on its way
+ * (apply_pending()), so until then a lookup can still reach the L2 table
+ * the entry replaces, whose refcount the commit drops.
  */
-bool qcow2_md_frees_staged(struct qcow2_metadata *md)
+bool qcow2_md_frees_unreachable(struct qcow2_metadata *md)
 {
-	return md->nr_decrements;
+	return md->nr_decrements && !md->nr_l1_pending;
 }
 
 /**

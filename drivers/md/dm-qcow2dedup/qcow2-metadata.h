@@ -61,7 +61,7 @@ int qcow2_md_clear_copied(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_set_copied(struct qcow2_metadata *md, u64 guest_off);
 int qcow2_md_commit(struct qcow2_metadata *md, bool final);
 bool qcow2_md_dirty(struct qcow2_metadata *md);
-bool qcow2_md_frees_staged(struct qcow2_metadata *md);
+bool qcow2_md_frees_unreachable(struct qcow2_metadata *md);
 void qcow2_md_set_callbacks(struct qcow2_metadata *md,
 			    bool (*survivor)(void *ctx, u64 host_cluster,
 					     u64 *guest_cluster),

@@ -8,9 +8,10 @@
  * every CPU holding and giving back while waits run, no hold of a drained
  * generation is ever seen after its wait returned.
  *
- * A wait that never returns would leave a thread blocked on the structure,
- * so the waits run in threads with a timeout, and on a timeout the test
- * fails and leaks the structure rather than free it under the thread.
+ * A wait that never returns would hang the test run (KUnit cannot stop a
+ * thread in an uninterruptible wait), so every wait runs in a thread of
+ * its own with a timeout, and on a timeout the case fails and leaks what
+ * the thread still uses rather than free it under it.
  */
 #include <kunit/test.h>
 #include <kunit/visibility.h>
@@ -71,6 +72,18 @@ static bool wait_ended(struct waiter *w, unsigned long timeout)
 	return wait_for_completion_timeout(&w->done, timeout);
 }
 
+/* @wait in a thread: did it end within ENDS_WITHIN?  (If not, @w is leaked.) */
+static bool ends_in_thread(struct kunit *test, struct qcow2dedup_readers *r,
+			   void (*wait)(struct qcow2dedup_readers *r))
+{
+	struct waiter *w = start_wait_fn(test, r, wait);
+
+	if (!wait_ended(w, ENDS_WITHIN))
+		return false;
+	kfree(w);
+	return true;
+}
+
 static struct qcow2dedup_readers *readers_new(struct kunit *test)
 {
 	struct qcow2dedup_readers *r = kzalloc(sizeof(*r), GFP_KERNEL);
@@ -95,12 +108,12 @@ static void generations(struct kunit *test)
 	a = qcow2dedup_readers_hold(r);
 	KUNIT_EXPECT_EQ(test, a, 0);
 	qcow2dedup_readers_unhold(r, a);
-	qcow2dedup_readers_wait(r);
+	KUNIT_ASSERT_TRUE(test, ends_in_thread(test, r, qcow2dedup_readers_wait));
 	b = qcow2dedup_readers_hold(r);
 	KUNIT_EXPECT_EQ(test, b, 1);
 	qcow2dedup_readers_unhold(r, b);
-	qcow2dedup_readers_wait(r);
-	qcow2dedup_readers_wait(r);
+	KUNIT_ASSERT_TRUE(test, ends_in_thread(test, r, qcow2dedup_readers_wait));
+	KUNIT_ASSERT_TRUE(test, ends_in_thread(test, r, qcow2dedup_readers_wait));
 	KUNIT_EXPECT_EQ(test, qcow2dedup_readers_hold(r), 1);
 	qcow2dedup_readers_unhold(r, 1);
 	KUNIT_EXPECT_EQ(test, r->waits, 3ULL);
@@ -167,7 +180,7 @@ static void retire_then_wait(struct kunit *test)
 	}
 	kfree(w);
 	/* Nothing pending: ends at once, although @b is held. */
-	qcow2dedup_readers_end_retire(r);
+	KUNIT_ASSERT_TRUE(test, ends_in_thread(test, r, qcow2dedup_readers_end_retire));
 
 	/* A retire nobody waited for, then a full wait: @b still delays it. */
 	qcow2dedup_readers_retire(r);
@@ -231,6 +244,8 @@ struct stress {
 	struct qcow2dedup_readers *r;
 	atomic_t inside[2];
 	atomic_long_t holds;
+	unsigned int waits, seen;	/* the waiter's */
+	struct completion done;		/* the waiter's 500 ms are over */
 };
 
 static int holder_fn(void *data)
@@ -253,25 +268,16 @@ static int holder_fn(void *data)
 	return 0;
 }
 
-static void stress_on_all_cpus(struct kunit *test)
+/* Waits, whole and split in turn, for 500 ms; each checks its generation. */
+static int stress_waiter_fn(void *data)
 {
-	unsigned int nr = min(2 * num_online_cpus(), 16U), i, waits = 0, seen = 0;
-	struct task_struct *t[16];
-	unsigned long end;
-	struct stress *s;
+	struct stress *s = data;
+	unsigned long end = jiffies + msecs_to_jiffies(500);
 
-	s = kunit_kzalloc(test, sizeof(*s), GFP_KERNEL);
-	KUNIT_ASSERT_NOT_NULL(test, s);
-	s->r = readers_new(test);
-	for (i = 0; i < nr; i++) {
-		t[i] = kthread_run(holder_fn, s, "readers-hold/%u", i);
-		KUNIT_ASSERT_FALSE(test, IS_ERR(t[i]));
-	}
-	end = jiffies + msecs_to_jiffies(500);
 	while (time_before(jiffies, end)) {
 		unsigned int drained;
 
-		if (waits & 1) {
+		if (s->waits & 1) {
 			qcow2dedup_readers_retire(s->r);
 			usleep_range(20, 40);	/* a commit's writes */
 			qcow2dedup_readers_wait_retired(s->r);
@@ -280,17 +286,57 @@ static void stress_on_all_cpus(struct kunit *test)
 		}
 		drained = (READ_ONCE(s->r->cur) - 1) & 1;
 		if (atomic_read(&s->inside[drained]))
-			seen++;
-		waits++;
+			s->seen++;
+		s->waits++;
 	}
-	for (i = 0; i < nr; i++)
-		kthread_stop(t[i]);
+	complete(&s->done);
+	return 0;
+}
+
+static void stop_holders(struct task_struct **t, unsigned int nr)
+{
+	while (nr)
+		kthread_stop(t[--nr]);
+}
+
+static void stress_on_all_cpus(struct kunit *test)
+{
+	unsigned int nr = min(2 * num_online_cpus(), 16U), i;
+	struct task_struct *t[16], *waiter;
+	struct stress *s;
+
+	/* Not kunit_kzalloc(): a failed case must not free it under a thread. */
+	s = kzalloc(sizeof(*s), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, s);
+	init_completion(&s->done);
+	s->r = readers_new(test);
+	for (i = 0; i < nr; i++) {
+		t[i] = kthread_run(holder_fn, s, "readers-hold/%u", i);
+		if (IS_ERR(t[i])) {
+			stop_holders(t, i);
+			KUNIT_FAIL(test, "cannot start a holder thread");
+			return;
+		}
+	}
+	waiter = kthread_run(stress_waiter_fn, s, "readers-wait");
+	if (IS_ERR(waiter)) {
+		stop_holders(t, nr);
+		KUNIT_FAIL(test, "cannot start the waiter thread");
+		return;
+	}
+	if (!wait_for_completion_timeout(&s->done, 60 * HZ)) {
+		stop_holders(t, nr);
+		KUNIT_FAIL(test, "a wait did not end with holders coming and going");
+		return;
+	}
+	stop_holders(t, nr);
 	kunit_info(test, "%u threads on %u CPUs: %ld holds, %u waits",
-		   nr, num_online_cpus(), atomic_long_read(&s->holds), waits);
-	KUNIT_EXPECT_EQ(test, seen, 0U);
-	KUNIT_EXPECT_GT(test, waits, 1U);
+		   nr, num_online_cpus(), atomic_long_read(&s->holds), s->waits);
+	KUNIT_EXPECT_EQ(test, s->seen, 0U);
+	KUNIT_EXPECT_GT(test, s->waits, 1U);
 	KUNIT_EXPECT_GT(test, atomic_long_read(&s->holds), 0L);
 	readers_free(s->r);
+	kfree(s);
 }
 
 static struct kunit_case io_readers_cases[] = {
