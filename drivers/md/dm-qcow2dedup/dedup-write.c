@@ -175,14 +175,14 @@ static void old_read_done(struct qcow2_op *op, bool error)
  * @len: its length.
  * @type: the old mapping's type.
  * @info: the old mapping.
- * @status: the bio's status on failure.
  *
- * Return: 0 if started; -EAGAIN if too many buffered writes are in flight
- * or -ENOMEM (try again later); another error with @status set.
+ * Return: 0 if started (a failed read of the old contents ends the write
+ * later); -EAGAIN if too many buffered writes are in flight or -ENOMEM
+ * (try again later).
  */
 int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 			    u64 in, u64 len, enum qcow2_cluster_type type,
-			    const struct qcow2_l2e_info *info, blk_status_t *status)
+			    const struct qcow2_l2e_info *info)
 {
 	u64 cs = q->geo->cluster_size;
 	struct qcow2_op *op;
@@ -197,20 +197,15 @@ int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 	/* Busy before anything can wait: see start_op() in engine-worker.c. */
 	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	INIT_WORK(&op->hash_work, hash_work);
-	if (!op->whole && type == QCOW2_CLUSTER_NORMAL) {
-		/* Read the old contents while the worker goes on; then hash. */
+	if (!op->whole && (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED)) {
+		/* Read (or inflate) the old contents while the worker goes on; then hash. */
 		op->fill = true;
-		qcow2dedup_read_old_async(q, op, info->host_offset, old_read_done);
+		qcow2dedup_read_old_async(q, op, type, info, old_read_done);
 		return 0;
 	}
 	if (!op->whole) {
-		/* Compressed (the worker inflates it: rare) or zeros. */
-		if (qcow2dedup_read_old(q, type, info, op->buf)) {
-			rb_erase(&op->node, &q->busy);
-			qcow2dedup_op_free(q, op);
-			*status = BLK_STS_IOERR;
-			return -EIO;
-		}
+		/* The old contents are zeros (unallocated, or a zero cluster). */
+		memset(op->buf, 0, cs);
 		qcow2dedup_copy_from_bio(q, bio, op->buf);
 	}
 	queue_work(q->hash_wq, &op->hash_work);
@@ -816,6 +811,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("verify_inflight_max %u\n", READ_ONCE(q->verify_inflight_max));
 	DMEMIT("rmw_reads %lld\n", (long long)atomic64_read(&q->rmw_reads));
 	DMEMIT("rmw_inflight_max %u\n", READ_ONCE(q->rmw_inflight_max));
+	DMEMIT("rmw_compressed %lld\n", (long long)atomic64_read(&q->rmw_compressed));
 	DMEMIT("reader_waits %llu\n", READ_ONCE(q->readers.waits));
 	DMEMIT("reader_wait_us %llu\n", div_u64(READ_ONCE(q->readers.wait_ns), NSEC_PER_USEC));
 	DMEMIT("reader_wait_us_max %llu\n",
@@ -828,6 +824,10 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("reads_deferred %lld\n", (long long)atomic64_read(&q->reads_deferred));
 	DMEMIT("reads_deferred_inflight_max %u\n", READ_ONCE(q->reads_inflight_max));
 	DMEMIT("reads_compressed %lld\n", (long long)atomic64_read(&q->reads_compressed));
+	DMEMIT("inflaters %u\n", READ_ONCE(q->inflaters.nr));
+	DMEMIT("inflaters_max %u\n", q->inflaters.max);
+	DMEMIT("inflaters_busy_max %u\n", READ_ONCE(q->inflaters.held_max));
+	DMEMIT("inflater_waits %llu\n", READ_ONCE(q->inflaters.waits));
 	DMEMIT("writes_cold %lld\n", (long long)atomic64_read(&q->writes_cold));
 	DMEMIT("writes_cold_inflight_max %u\n", READ_ONCE(q->writes_cold_inflight_max));
 	DMEMIT("write_runs %lld\n", (long long)atomic64_read(&q->write_runs));

@@ -46,7 +46,6 @@
 #include <linux/slab.h>
 
 #include "dm-qcow2dedup.h"
-#include "qcow2-decompress.h"
 
 static struct kmem_cache *op_cache;
 
@@ -215,9 +214,7 @@ static void engine_free(struct qcow2dedup *q)
 	bioset_exit(&q->split_bs);
 	mempool_exit(&q->buf_pool);
 	mempool_exit(&q->op_pool);
-	qcow2_decompressor_destroy(q->dc);
-	kvfree(q->cbuf);
-	kvfree(q->dbuf);
+	qcow2_inflaters_exit(&q->inflaters);
 	qcow2_md_close(q->md);
 	qcow2dedup_readers_exit(&q->readers);
 	kfree(q);
@@ -286,7 +283,6 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	q->opt.argc = 0;
 	q->opt.argv = NULL;
 	mutex_init(&q->ctl);
-	mutex_init(&q->inflate_lock);
 	spin_lock_init(&q->lock);
 	bio_list_init(&q->deferred);
 	bio_list_init(&q->flushes);
@@ -320,10 +316,11 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	q->size = q->geo->size;
 
 	r = -ENOMEM;
-	q->dc = qcow2_decompressor_create(q->geo->compression_type);
-	q->cbuf = kvmalloc(2 * q->geo->cluster_size + SECTOR_SIZE, GFP_KERNEL);
-	q->dbuf = kvmalloc(q->geo->cluster_size, GFP_KERNEL);
-	if (!q->dc || !q->cbuf || !q->dbuf) {
+	if (qcow2_inflaters_init(&q->inflaters, q->geo->compression_type,
+				 q->geo->cluster_size,
+				 qcow2_inflaters_max(q->geo->compression_type,
+						     q->geo->cluster_size,
+						     num_online_cpus()))) {
 		ti->error = "Cannot allocate decompression buffers";
 		goto bad;
 	}
@@ -863,7 +860,7 @@ static int qcow2dedup_preresume(struct dm_target *ti)
 		engine_resume_index(q);
 	}
 	memalloc_noio_restore(noio);
-	q->dbuf_offset = 0;
+	qcow2_inflaters_forget(&q->inflaters);
 	if (!r)
 		engine_retire_others(q);
 out:

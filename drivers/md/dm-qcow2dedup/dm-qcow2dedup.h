@@ -19,6 +19,7 @@
 #include "dm-qcow2dedup-compat.h"
 #include "dedup-index.h"
 #include "dedup-table-format.h"
+#include "io-inflaters.h"
 #include "io-readers.h"
 #include "qcow2-metadata.h"
 
@@ -241,18 +242,12 @@ struct qcow2dedup {
 
 	/*
 	 * Reads map() cannot serve from cached metadata run on @read_wq, one
-	 * work item per bio (engine-read.c), never in the worker.
-	 * @inflate_lock: @dc, @cbuf (the compressed input), @dbuf (the last
-	 * cluster inflated, valid while @dbuf_offset is non-zero); taken by
-	 * those reads and by the worker's read-modify-write of a compressed
-	 * cluster.
+	 * work item per bio (engine-read.c), never in the worker.  Those of
+	 * compressed clusters, and the read-modify-writes of such clusters,
+	 * each take an inflater of @inflaters (qcow2dedup_inflate()).
 	 */
 	struct workqueue_struct *read_wq;
-	struct mutex inflate_lock;	/* @dc, @cbuf, @dbuf, @dbuf_offset */
-	struct qcow2_decompressor *dc;
-	void *cbuf;
-	void *dbuf;
-	u64 dbuf_offset;
+	struct qcow2_inflaters inflaters;
 
 	/*
 	 * Deduplication (dedup-write.c).  @index belongs to the worker,
@@ -282,6 +277,7 @@ struct qcow2dedup {
 	unsigned int verify_inflight_max; /* the worker's */
 	/* Reads of a partial write's old contents (qcow2dedup_read_old_async()). */
 	atomic64_t rmw_reads;
+	atomic64_t rmw_compressed;	/* of those, of compressed clusters */
 	atomic_t rmw_inflight;
 	unsigned int rmw_inflight_max;	/* the worker's */
 	atomic64_t mem_waits;
@@ -397,8 +393,11 @@ struct qcow2_op {
 	 * takes it back.
 	 */
 	bool fill;
+	u32 zero_in, zero_len;		/* write-zeroes: these bytes go on top, not the bio's */
 	int rmw_io_idx;			/* its reader generation: qcow2dedup_io_hold() */
 	void (*rmw_done)(struct qcow2_op *op, bool error);
+	struct qcow2_l2e_info rmw_old;	/* a compressed cluster to inflate: */
+	struct work_struct rmw_work;	/* on @q->read_wq */
 	struct work_struct hash_work;
 	u8 digest[HASH_MAX_DIGESTSIZE];
 };
@@ -424,8 +423,8 @@ int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len);
 void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 			   void (*fn)(unsigned long error, void *ctx), void *ctx);
-int qcow2dedup_load_compressed(struct qcow2dedup *q,
-			       const struct qcow2_l2e_info *info);
+struct qcow2_inflater *qcow2dedup_inflate(struct qcow2dedup *q,
+					  const struct qcow2_l2e_info *info);
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);
 bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b);
 struct qcow2_op *qcow2dedup_busy_find(struct qcow2dedup *q, u64 gc);
@@ -437,9 +436,9 @@ void qcow2dedup_clone_endio(struct bio *clone);
 void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_piece_done(struct bio *bio, blk_status_t status);
 blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r);
-int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
-			const struct qcow2_l2e_info *info, void *buf);
-void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 host_off,
+void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
+			       enum qcow2_cluster_type type,
+			       const struct qcow2_l2e_info *info,
 			       void (*done)(struct qcow2_op *op, bool error));
 void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 			   blk_status_t status);
@@ -493,7 +492,7 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);
 void qcow2dedup_dedup_dtr(struct qcow2dedup *q);
 int qcow2dedup_start_hashed(struct qcow2dedup *q, struct bio *bio, u64 gc,
 			    u64 in, u64 len, enum qcow2_cluster_type type,
-			    const struct qcow2_l2e_info *info, blk_status_t *status);
+			    const struct qcow2_l2e_info *info);
 void qcow2dedup_decide(struct qcow2dedup *q, struct qcow2_op *op);
 void qcow2dedup_barrier_done(struct qcow2dedup *q);
 void qcow2dedup_hashed_done(struct qcow2dedup *q, struct qcow2_op *op);

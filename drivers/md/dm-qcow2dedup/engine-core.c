@@ -17,8 +17,8 @@
  *
  * Locking: @q->lock protects the lists of work for the worker (deferred
  * bios, flushes, completed and hashed operations); @q->readers takes no
- * lock in its holders (io-readers.h); @q->inflate_lock the decompressor and
- * its buffers (qcow2dedup_load_compressed()).  Everything else here belongs to the
+ * lock in its holders (io-readers.h); @q->inflaters hands each caller an
+ * inflater of its own (io-inflaters.h).  Everything else here belongs to the
  * worker, but for the completion handlers, which only move an operation to
  * a list under @q->lock and wake the worker.
  */
@@ -163,30 +163,45 @@ void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 		fn(1, ctx);
 }
 
-/* Decompress the cluster behind @info into @q->dbuf. */
-int qcow2dedup_load_compressed(struct qcow2dedup *q,
-			       const struct qcow2_l2e_info *info)
+/**
+ * qcow2dedup_inflate() - read and inflate the compressed cluster behind
+ *	@info, beside any other such read.
+ * @q: target.
+ * @info: a compressed L2 entry (checked by the decoder: its bytes lie
+ *	within the device's clusters, below 2 clusters plus a sector).
+ *
+ * Context: process context (@q->read_wq); sleeps for the read, and for an
+ * inflater when all are taken.
+ * Return: an inflater whose @dbuf holds the cluster (give it back with
+ * qcow2_inflater_put()), or NULL: a read error or corrupt data (logged).
+ */
+struct qcow2_inflater *qcow2dedup_inflate(struct qcow2dedup *q,
+					  const struct qcow2_l2e_info *info)
 {
 	u64 start = round_down(info->host_offset, SECTOR_SIZE);
 	u64 end = min(info->host_offset + info->compressed_len, q->geo->dev_size);
+	struct qcow2_inflater *inf;
 	int r;
 
-	lockdep_assert_held(&q->inflate_lock);
-	if (q->dbuf_offset == info->host_offset)
-		return 0;
-	q->dbuf_offset = 0;
-	r = qcow2dedup_sync_io(q, REQ_OP_READ, q->cbuf, start, round_up(end - start, SECTOR_SIZE));
-	if (r)
-		return r;
-	r = qcow2_decompress(q->dc, q->cbuf + (info->host_offset - start),
-			     end - info->host_offset, q->dbuf, q->geo->cluster_size);
-	if (r) {
-		DMERR_LIMIT("%s: corrupt compressed cluster at host offset %llu",
-			    qcow2dedup_dev_name(q), info->host_offset);
-		return r;
+	inf = qcow2_inflater_get(&q->inflaters, info->host_offset);
+	if (inf->cached == info->host_offset)
+		return inf;
+	r = qcow2dedup_sync_io(q, REQ_OP_READ, inf->cbuf, start,
+			       round_up(end - start, SECTOR_SIZE));
+	if (!r) {
+		r = qcow2_decompress(inf->dc, inf->cbuf + (info->host_offset - start),
+				     end - info->host_offset, inf->dbuf,
+				     q->geo->cluster_size);
+		if (r)
+			DMERR_LIMIT("%s: corrupt compressed cluster at host offset %llu",
+				    qcow2dedup_dev_name(q), info->host_offset);
 	}
-	q->dbuf_offset = info->host_offset;
-	return 0;
+	if (r) {
+		qcow2_inflater_put(&q->inflaters, inf);
+		return NULL;
+	}
+	inf->cached = info->host_offset;
+	return inf;
 }
 
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
@@ -335,29 +350,6 @@ blk_status_t qcow2dedup_alloc_error(struct qcow2dedup *q, int r)
 	return BLK_STS_IOERR;
 }
 
-/* Fill @buf with the current contents of the cluster described by @type/@info. */
-int qcow2dedup_read_old(struct qcow2dedup *q, enum qcow2_cluster_type type,
-			const struct qcow2_l2e_info *info, void *buf)
-{
-	int r;
-
-	switch (type) {
-	case QCOW2_CLUSTER_NORMAL:
-		return qcow2dedup_sync_io(q, REQ_OP_READ, buf, info->host_offset,
-			       q->geo->cluster_size);
-	case QCOW2_CLUSTER_COMPRESSED:
-		mutex_lock(&q->inflate_lock);
-		r = qcow2dedup_load_compressed(q, info);
-		if (!r)
-			memcpy(buf, q->dbuf, q->geo->cluster_size);
-		mutex_unlock(&q->inflate_lock);
-		return r;
-	default:
-		memset(buf, 0, q->geo->cluster_size);
-		return 0;
-	}
-}
-
 /* Any context: the read of @op's old contents is over. */
 static void rmw_endio(unsigned long error, void *context)
 {
@@ -369,12 +361,29 @@ static void rmw_endio(unsigned long error, void *context)
 	op->rmw_done(op, error);
 }
 
+/* @q->read_wq: inflate the old contents of @op's compressed cluster. */
+static void rmw_inflate_work(struct work_struct *ws)
+{
+	struct qcow2_op *op = container_of(ws, struct qcow2_op, rmw_work);
+	struct qcow2dedup *q = op->q;
+	struct qcow2_inflater *inf = qcow2dedup_inflate(q, &op->rmw_old);
+
+	if (inf) {
+		memcpy(op->buf, inf->dbuf, q->geo->cluster_size);
+		qcow2_inflater_put(&q->inflaters, inf);
+	}
+	rmw_endio(!inf, op);
+}
+
 /**
  * qcow2dedup_read_old_async() - read the old contents of @op's guest
- *	cluster, at host byte @host_off, into @op->buf without waiting.
+ *	cluster into @op->buf without waiting.
  * @q: target.
  * @op: a buffered operation in @q->busy, on no list.
- * @host_off: the cluster the guest cluster maps now.
+ * @type: the guest cluster's mapping now: QCOW2_CLUSTER_NORMAL (read with
+ *	dm-io) or QCOW2_CLUSTER_COMPRESSED (read and inflated on
+ *	@q->read_wq, beside the reads of compressed clusters).
+ * @info: where it is.
  * @done: called with @op at the end of the read, in any context (so it
  *	may only queue @op for the worker or for hash_wq).
  *
@@ -383,7 +392,9 @@ static void rmw_endio(unsigned long error, void *context)
  * discard of it starts), so its reference stays; the read also counts as
  * a reader (qcow2dedup_io_hold()), as every bio on the device does.
  */
-void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 host_off,
+void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
+			       enum qcow2_cluster_type type,
+			       const struct qcow2_l2e_info *info,
 			       void (*done)(struct qcow2_op *op, bool error))
 {
 	unsigned int n = atomic_inc_return(&q->rmw_inflight);
@@ -393,7 +404,15 @@ void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op, u64 ho
 	atomic64_inc(&q->rmw_reads);
 	op->rmw_done = done;
 	op->rmw_io_idx = qcow2dedup_io_hold(q);
-	qcow2dedup_async_read(q, op->buf, host_off, q->geo->cluster_size, rmw_endio, op);
+	if (type == QCOW2_CLUSTER_COMPRESSED) {
+		atomic64_inc(&q->rmw_compressed);
+		op->rmw_old = *info;
+		INIT_WORK(&op->rmw_work, rmw_inflate_work);
+		queue_work(q->read_wq, &op->rmw_work);
+		return;
+	}
+	qcow2dedup_async_read(q, op->buf, info->host_offset, q->geo->cluster_size,
+			      rmw_endio, op);
 }
 
 /**

@@ -6,10 +6,10 @@
  * inflate) is served by a work item of its own on @q->read_wq
  * (read_deferred()), several at once, never by the worker: a read never
  * waits behind a write's metadata work, nor a write behind a read's
- * metadata read.  (Compressed clusters are inflated one at a time under
- * @q->inflate_lock, with the cluster's read: a worker's read-modify-write
- * of a compressed cluster may wait for a read's inflate.  Images served
- * are rarely compressed; a pool of decompressors would lift this.)
+ * metadata read.  Compressed clusters are read and inflated there, each
+ * with an inflater of its own from the target's pool (io-inflaters.h), so
+ * as many at once as the pool has CPUs for; the worker's read-modify-write
+ * of such a cluster is one more user of the pool, on the same workqueue.
  *
  * Such a read changes nothing: it looks metadata up exactly as map() does
  * (qcow2_md_lookup() may run beside the worker, which stages an entry
@@ -107,7 +107,7 @@ static int read_lookup(struct qcow2dedup *q, struct bio *bio, bool may_block,
 static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 		      enum qcow2_cluster_type type, const struct qcow2_l2e_info *info)
 {
-	int r;
+	struct qcow2_inflater *inf;
 
 	switch (type) {
 	case QCOW2_CLUSTER_NORMAL:
@@ -124,13 +124,11 @@ static int read_piece(struct qcow2dedup *q, struct bio *bio, u64 off,
 	case QCOW2_CLUSTER_COMPRESSED:
 		/* Never in map(): qcow2dedup_map_read() defers these. */
 		atomic64_inc(&q->reads_compressed);
-		mutex_lock(&q->inflate_lock);
-		r = qcow2dedup_load_compressed(q, info);
-		if (!r)
-			copy_to_bio(q, bio, q->dbuf);
-		mutex_unlock(&q->inflate_lock);
-		if (r)
+		inf = qcow2dedup_inflate(q, info);
+		if (!inf)
 			return DM_MAPIO_KILL;
+		copy_to_bio(q, bio, inf->dbuf);
+		qcow2_inflater_put(&q->inflaters, inf);
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	default:

@@ -42,7 +42,8 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	u64 cs = q->geo->cluster_size, guest_off = gc << q->geo->cluster_bits;
 	bool whole = !zeroes && !in && len == cs;
 	/* Old contents on the device: read them while the worker goes on. */
-	bool rmw = !whole && !zeroes && type == QCOW2_CLUSTER_NORMAL;
+	bool rmw = !whole && (type == QCOW2_CLUSTER_NORMAL ||
+			      type == QCOW2_CLUSTER_COMPRESSED);
 	struct qcow2_op *op;
 	int r;
 
@@ -58,14 +59,9 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 	 */
 	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
 	if (!whole && !rmw) {
-		r = qcow2dedup_read_old(q, type, info, op->buf);
-		if (r) {
-			*status = BLK_STS_IOERR;
-			goto bad;
-		}
-		if (zeroes)
-			memset(op->buf + in, 0, len);
-		else
+		/* The old contents are zeros (unallocated, or a zero cluster). */
+		memset(op->buf, 0, cs);
+		if (!zeroes)
 			qcow2dedup_copy_from_bio(q, bio, op->buf);
 	}
 
@@ -93,9 +89,16 @@ static int start_op(struct qcow2dedup *q, struct bio *bio, u64 gc, u64 in,
 		clone->bi_private = op;
 		submit_bio_noacct(clone);
 	} else if (rmw) {
-		/* finish_op() puts the bio's bytes on top and writes the buffer. */
+		/*
+		 * finish_op() puts the bio's bytes (or zeros) on top and
+		 * writes the buffer.
+		 */
 		op->fill = true;
-		qcow2dedup_read_old_async(q, op, info->host_offset, old_read_done);
+		if (zeroes) {
+			op->zero_in = in;
+			op->zero_len = len;
+		}
+		qcow2dedup_read_old_async(q, op, type, info, old_read_done);
 	} else {
 		qcow2dedup_write_buffer(q, op);
 	}
@@ -121,7 +124,10 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	if (op->fill) {
 		op->fill = false;
 		if (!status && READ_ONCE(q->mode) == MODE_WRITE) {
-			qcow2dedup_copy_from_bio(q, op->bio, op->buf);
+			if (op->zero_len)
+				memset(op->buf + op->zero_in, 0, op->zero_len);
+			else
+				qcow2dedup_copy_from_bio(q, op->bio, op->buf);
 			qcow2dedup_write_buffer(q, op);
 			return;
 		}
@@ -213,7 +219,7 @@ static int process_write(struct qcow2dedup *q, struct bio *bio, bool barrier_don
 	}
 	if (q->dedup)
 		r = qcow2dedup_start_hashed(q, bio, gc, in, bio->bi_iter.bi_size,
-					    type, &info, &status);
+					    type, &info);
 	else
 		r = start_op(q, bio, gc, in, bio->bi_iter.bi_size, false, type,
 			     &info, &status);

@@ -8,7 +8,7 @@
  * full and ignore trailing input, exactly as QEMU's decoders do.
  *
  * A decompressor holds the workspace of one stream; its user serialises
- * calls (the target's single worker does).
+ * calls (io-inflaters.c hands each to one caller at a time).
  */
 #include <linux/errno.h>
 #include <linux/kernel.h>
@@ -34,19 +34,30 @@ struct qcow2_decompressor {
 	zstd_dstream *zds;
 };
 
-struct qcow2_decompressor *qcow2_decompressor_create(u32 compression_type)
+static size_t workspace_bytes(u32 compression_type)
 {
-	struct qcow2_decompressor *d = kzalloc(sizeof(*d), GFP_KERNEL);
+	if (compression_type == QCOW2_COMPRESSION_ZSTD)
+		return zstd_dstream_workspace_bound(QCOW2_ZSTD_MAX_WINDOW);
+	return zlib_inflate_workspacesize();
+}
+
+/* The memory one decompressor takes (its workspace): for sizing pools. */
+size_t qcow2_decompressor_bytes(u32 compression_type)
+{
+	return sizeof(struct qcow2_decompressor) + workspace_bytes(compression_type);
+}
+
+/* @gfp: GFP_KERNEL, or with __GFP_NORETRY on the I/O path (in a noio scope). */
+struct qcow2_decompressor *qcow2_decompressor_create(u32 compression_type, gfp_t gfp)
+{
+	struct qcow2_decompressor *d = kzalloc(sizeof(*d), gfp);
 	size_t ws;
 
 	if (!d)
 		return NULL;
 	d->type = compression_type;
-	if (compression_type == QCOW2_COMPRESSION_ZSTD)
-		ws = zstd_dstream_workspace_bound(QCOW2_ZSTD_MAX_WINDOW);
-	else
-		ws = zlib_inflate_workspacesize();
-	d->workspace = kvzalloc(ws, GFP_KERNEL);
+	ws = workspace_bytes(compression_type);
+	d->workspace = kvzalloc(ws, gfp);
 	if (!d->workspace)
 		goto bad;
 	if (compression_type == QCOW2_COMPRESSION_ZSTD) {

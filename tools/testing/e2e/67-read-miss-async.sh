@@ -31,10 +31,24 @@
 # block in turn would show none) and reads back right.
 # Part 2: an 8 MiB image of compressible text converted with qemu-img -c
 # (compressed 4 KiB clusters): 8 readers at once over its 8 MiB while 32
-# writes of 512 bytes go into compressed clusters (each read-modify-write
-# inflates the old cluster in the worker, under the lock the readers take
-# too): every reader saw each cluster old or new, the device reads back
-# the expected image, reads_compressed > 0.
+# writes of 512 bytes go into compressed clusters and a write-zeroes
+# covers the end of one and the start of another.  Reads and the
+# read-modify-writes inflate on the read workqueue, each with an inflater
+# of the pool's own (issue 11; before, one at a time under one lock, and
+# the read-modify-writes in the worker):
+#   - rmw_compressed is 34 (the 32 writes and both ends of the
+#     write-zeroes were read asynchronously; it was 0 while the worker
+#     inflated them itself);
+#   - inflaters_busy_max >= 2: two inflates were under way at once;
+#   - every reader saw each cluster old or new, the device reads back the
+#     expected image, reads_compressed > 0.
+# Once with dedup (the writes go through the hash path) and once with
+# nodedup (the plain allocating path).
+# Part 3: the same image on dm-delay, reads 2000 ms late once the caches
+# are warm: a 512-byte write into a compressed cluster (its old contents
+# take a late read) and, 0.3 s later, a whole-cluster write of new data:
+# the second write ends at least 1 s before the first (with the inflate in
+# the worker it waited for that read), and the image is as expected.
 # After each part: qcheck (no leak beyond the dedup table's), qemu-img
 # compare with the expected image.
 # shellcheck source=tools/testing/e2e/lib.sh
@@ -75,7 +89,19 @@ for c in range(32):
     # Sector c % 8 of cluster 7 * c + 3.
     o = (7 * c + 3) * K + (c % 8) * 512
     two[o:o + 512] = pat[c * 512:(c + 1) * 512]
+# The write-zeroes: the last 3 KiB of cluster 1500, cluster 1501, the
+# first 2 KiB of cluster 1502.
+two[1500 * K + 1024:1502 * K + 2048] = bytes(2 * K + 1024)
 open("exp2.raw", "wb").write(two)
+# Part 3, on the image as converted: a whole cluster at 1000 (warm-up),
+# 512 bytes at cluster 1200 + 1 KiB (slow), a whole cluster at 1700.
+three = bytearray(open("base2.raw", "rb").read())
+w3 = r.randbytes(2 * K + 512)
+open("w3.bin", "wb").write(w3)
+three[1000 * K:1001 * K] = w3[:K]
+three[1200 * K + 1024:1200 * K + 1536] = w3[2 * K:]
+three[1700 * K:1701 * K] = w3[K:2 * K]
+open("exp3.raw", "wb").write(three)
 PY
 
 qemu-img convert -q -f raw -O qcow2 -o cluster_size=4096 base1.raw one.qcow2
@@ -173,10 +199,14 @@ log "part 1: $(awk '$1 ~ /^reads_deferred/ { printf "%s %s ", $1, $2 }' act.stat
 qcheck one.qcow2
 qemu-img compare -q -f raw -F qcow2 exp1.raw one.qcow2 || fail "part 1: content differs"
 
-log "part 2: compressed clusters read on the read workqueue beside RMW writes"
+for variant in dedup nodedup; do
+log "part 2 ($variant): compressed clusters read on the read workqueue beside RMW writes"
+opts=""
+[ "$variant" = nodedup ] && opts=" 1 nodedup"
+cp two.qcow2 "two-$variant.qcow2"
 cat >act2.sh <<EOF
 . ./common.sh
-dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/ubda" || { echo "FAIL: create"; exit 1; }
+dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/ubda$opts" || { echo "FAIL: create"; exit 1; }
 pids=()
 for i in \$(seq 0 7); do
 	dd if=/dev/mapper/t of=part\$i.bin bs=64k count=16 skip=\$((i * 16)) iflag=direct status=none &
@@ -187,6 +217,8 @@ for c in \$(seq 0 31); do
 		oflag=direct conv=notrunc status=none &
 	pids+=(\$!)
 done
+blkdiscard -z -o $((1500 * 4096 + 1024)) -l $((2 * 4096 + 1024)) /dev/mapper/t &
+pids+=(\$!)
 for p in "\${pids[@]}"; do wait "\$p" || bad "a read or write failed"; done
 save t act2
 dd if=/dev/mapper/t of=all.bin bs=1M iflag=direct status=none || bad "read back"
@@ -206,8 +238,61 @@ dmsetup remove t || bad remove
 echo act2-done
 exit \$rc
 EOF
-run_inner act2 -d two.qcow2
+run_inner act2 -d "two-$variant.qcow2"
 want_stat act2.stats reads_compressed -gt 0
-log "part 2: $(awk '$1 ~ /^reads_(compressed|deferred)/ { printf "%s %s ", $1, $2 }' act2.stats)"
-qcheck two.qcow2
-qemu-img compare -q -f raw -F qcow2 exp2.raw two.qcow2 || fail "part 2: content differs"
+want_stat act2.stats rmw_compressed -eq 34
+want_stat act2.stats inflaters_busy_max -ge 2
+log "part 2 ($variant): $(awk '$1 ~ /^(reads_(compressed|deferred)|rmw_|inflater)/ { printf "%s %s ", $1, $2 }' act2.stats)"
+qcheck "two-$variant.qcow2"
+qemu-img compare -q -f raw -F qcow2 exp2.raw "two-$variant.qcow2" ||
+	fail "part 2 ($variant): content differs"
+done
+
+log "part 3: a write waits for no read-modify-write of a compressed cluster"
+cp two.qcow2 three.qcow2
+cat >act3.sh <<EOF
+. ./common.sh
+DEVS=\$((16 * 2048))
+dmsetup create slow --table "0 \$DEVS delay /dev/ubda 0 0 /dev/ubda 0 0" || { echo "FAIL: dm-delay"; exit 1; }
+dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/mapper/slow 2 flush_interval 3600000" ||
+	{ echo "FAIL: create"; exit 1; }
+wait_rebuild 1
+dmsetup suspend t || bad suspend
+dmsetup load slow --table "0 \$DEVS delay /dev/ubda 0 2000 /dev/ubda 0 0" && dmsetup resume slow ||
+	bad "slow reads"
+dmsetup resume t || bad resume
+# Warm: the four L2 tables, the refcount block (an allocation), the table.
+for i in 0 1 2 3; do
+	dd if=/dev/mapper/t of=/dev/null bs=4k count=1 skip=\$((i * 512 + 7)) iflag=direct status=none &
+done
+wait
+dd if=w3.bin of=/dev/mapper/t bs=4k count=1 seek=1000 oflag=direct conv=notrunc status=none ||
+	bad "warm-up write"
+dmsetup message t 0 flush || bad "flush message"
+save t before
+a0=\$(date +%s%N)
+( dd if=w3.bin of=/dev/mapper/t bs=512 count=1 skip=16 seek=\$((1200 * 8 + 2)) oflag=direct \\
+	conv=notrunc status=none && date +%s%N >rmw.end ) &
+pa=\$!
+sleep 0.3
+b0=\$(date +%s%N)
+dd if=w3.bin of=/dev/mapper/t bs=4k count=1 skip=1 seek=1700 oflag=direct conv=notrunc status=none ||
+	bad "whole write"
+b1=\$(date +%s%N)
+wait \$pa || bad "rmw write"
+a1=\$(cat rmw.end)
+echo "read-modify-write \$(( (a1 - a0) / 1000000 )) ms, whole write \$(( (b1 - b0) / 1000000 )) ms, ended \$(( (a1 - b1) / 1000000 )) ms before it"
+[ \$((a1 - b1)) -ge 1000000000 ] || bad "the whole-cluster write waited for the compressed cluster's read"
+save t act3
+# (No read-back here: 2048 compressed clusters at 2 s a read.  The host
+# compares the image.)
+dmsetup remove t || bad remove
+dmsetup remove slow || bad "remove slow"
+echo act3-done
+exit \$rc
+EOF
+run_inner act3 -d three.qcow2
+want_stat act3.stats rmw_compressed -eq 1
+log "part 3: $(awk '$1 ~ /^(rmw_|inflater)/ { printf "%s %s ", $1, $2 }' act3.stats)"
+qcheck three.qcow2
+qemu-img compare -q -f raw -F qcow2 exp3.raw three.qcow2 || fail "part 3: content differs"
