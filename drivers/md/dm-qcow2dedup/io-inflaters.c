@@ -133,26 +133,18 @@ take:
 	return inf;
 }
 
-static bool any_idle(struct qcow2_inflaters *p)
-{
-	bool idle;
-
-	spin_lock(&p->lock);
-	idle = !list_empty(&p->idle);
-	spin_unlock(&p->lock);
-	return idle;
-}
-
 /*
  * Another inflater, allocated as the I/O path may: no I/O in reclaim (the
- * device it would write to may be this one), no retries, no warning.
+ * device it would write to may be this one), no warning.  (Not
+ * __GFP_NORETRY: kvmalloc() does not support it.)  A failure is no error:
+ * the caller waits for an inflater to come back.
  */
 static struct qcow2_inflater *grow(struct qcow2_inflaters *p)
 {
 	unsigned int noio = memalloc_noio_save();
 	struct qcow2_inflater *inf;
 
-	inf = inflater_new(p, GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN);
+	inf = inflater_new(p, GFP_KERNEL | __GFP_NOWARN);
 	memalloc_noio_restore(noio);
 	return inf;
 }
@@ -177,12 +169,15 @@ struct qcow2_inflater *qcow2_inflater_get(struct qcow2_inflaters *p, u64 host_of
 	for (;;) {
 		spin_lock(&p->lock);
 		inf = take_idle(p, host_off);
-		may_grow = !inf && p->nr < p->max;
+		/* After a failed allocation, none until an inflater comes back. */
+		may_grow = !inf && p->nr < p->max && !p->grow_failed;
 		if (may_grow) {
 			/* Counted now, so that racing gets stay within @max. */
 			p->nr++;
 			p->held++;
 			p->held_max = max(p->held_max, p->held);
+		} else if (!inf) {
+			p->waits++;
 		}
 		spin_unlock(&p->lock);
 		if (inf)
@@ -197,13 +192,15 @@ struct qcow2_inflater *qcow2_inflater_get(struct qcow2_inflaters *p, u64 host_of
 			p->nr--;
 			p->held--;
 			p->grow_failures++;
+			p->grow_failed = true;
+			p->waits++;
 			spin_unlock(&p->lock);
 		}
-		spin_lock(&p->lock);
-		p->waits++;
-		spin_unlock(&p->lock);
-		/* @nr >= 1 and all held: one comes back (a put wakes us). */
-		wait_event(p->wait, any_idle(p));
+		/*
+		 * @nr >= 1 and all held, by callers that give them back after
+		 * their read and inflate: a put adds to @idle, then wakes us.
+		 */
+		wait_event(p->wait, !list_empty_careful(&p->idle));
 	}
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_inflater_get);
@@ -221,6 +218,7 @@ void qcow2_inflater_put(struct qcow2_inflaters *p, struct qcow2_inflater *inf)
 	spin_lock(&p->lock);
 	list_add(&inf->node, &p->idle);
 	p->held--;
+	p->grow_failed = false;
 	spin_unlock(&p->lock);
 	wake_up(&p->wait);
 }

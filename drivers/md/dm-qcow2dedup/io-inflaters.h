@@ -9,10 +9,12 @@
  *
  * The pool starts with one inflater, made at construction, and grows on
  * demand up to @max (a bound from the CPUs and a memory budget:
- * qcow2_inflaters_max()).  Growing allocates on the I/O path: without I/O
- * and without retrying; when memory is short the caller waits for an
- * inflater to come back, as it does at @max, and never fails.  Inflaters
- * live until the pool's exit.
+ * qcow2_inflaters_max()).  Growing allocates on the I/O path, without I/O;
+ * when memory is short the caller waits for an inflater to come back, as
+ * it does at @max, and never fails (and no get tries to grow again before
+ * a put).  Inflaters live until the pool's exit.  Waiters are not served
+ * in order: a get that finds an idle inflater takes it even while others
+ * wait.
  *
  * Each inflater remembers the host offset of the cluster its output buffer
  * holds (@cached), and a get for that offset prefers it: a reader that
@@ -54,6 +56,7 @@ struct qcow2_inflaters {
 	unsigned int nr;		/* made, idle or held */
 	unsigned int max;
 	unsigned int gen;		/* bumped by qcow2_inflaters_forget() */
+	bool grow_failed;		/* an allocation failed since the last put */
 	/* Statistics, under @lock; read anywhere (READ_ONCE). */
 	unsigned int held;
 	unsigned int held_max;		/* the most held at once */

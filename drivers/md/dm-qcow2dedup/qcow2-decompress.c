@@ -10,6 +10,7 @@
  * A decompressor holds the workspace of one stream; its user serialises
  * calls (io-inflaters.c hands each to one caller at a time).
  */
+#include <kunit/visibility.h>
 #include <linux/errno.h>
 #include <linux/kernel.h>
 #include <linux/slab.h>
@@ -142,3 +143,4 @@ int qcow2_decompress(struct qcow2_decompressor *d, const void *src,
 		return unzstd(d, src, src_len, dst, dst_len);
 	return inflate_raw(d, src, src_len, dst, dst_len);
 }
+EXPORT_SYMBOL_IF_KUNIT(qcow2_decompress);

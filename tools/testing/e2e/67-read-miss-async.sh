@@ -46,7 +46,8 @@
 # nodedup (the plain allocating path).
 # Part 3: the same image on dm-delay, reads 2000 ms late once the caches
 # are warm: a 512-byte write into a compressed cluster (its old contents
-# take a late read) and, 0.3 s later, a whole-cluster write of new data:
+# take a late read) and, once its read is out, a whole-cluster write of
+# new data:
 # the second write ends at least 1 s before the first (with the inflate in
 # the worker it waited for that read), and the image is as expected.
 # After each part: qcheck (no leak beyond the dedup table's), qemu-img
@@ -274,7 +275,13 @@ a0=\$(date +%s%N)
 ( dd if=w3.bin of=/dev/mapper/t bs=512 count=1 skip=16 seek=\$((1200 * 8 + 2)) oflag=direct \\
 	conv=notrunc status=none && date +%s%N >rmw.end ) &
 pa=\$!
-sleep 0.3
+# Until its read is out (not a fixed sleep: a late start would test nothing).
+for i in \$(seq 200); do
+	n=\$(dmsetup message t 0 stats | awk '\$1 == "rmw_reads" { print \$2 }')
+	[ "\${n:-0}" -ge 1 ] && break
+	sleep 0.01
+done
+[ "\${n:-0}" -ge 1 ] || bad "the read-modify-write's read never started"
 b0=\$(date +%s%N)
 dd if=w3.bin of=/dev/mapper/t bs=4k count=1 skip=1 seek=1700 oflag=direct conv=notrunc status=none ||
 	bad "whole write"
