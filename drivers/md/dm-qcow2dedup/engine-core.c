@@ -356,7 +356,6 @@ static void rmw_endio(unsigned long error, void *context)
 	struct qcow2_op *op = context;
 	struct qcow2dedup *q = op->q;
 
-	qcow2dedup_io_unhold(q, op->rmw_io_idx);
 	atomic_dec(&q->rmw_inflight);
 	op->rmw_done(op, error);
 }
@@ -389,8 +388,11 @@ static void rmw_inflate_work(struct work_struct *ws)
  *
  * The worker goes on with other requests meanwhile.  The cluster cannot
  * change under the read: its guest cluster is busy (no other write or
- * discard of it starts), so its reference stays; the read also counts as
- * a reader (qcow2dedup_io_hold()), as every bio on the device does.
+ * discard of it starts), so its reference stays and no commit frees it
+ * (nor, for a compressed cluster, any host cluster its bytes touch).  So
+ * the read holds no reader generation (qcow2dedup_io_hold()): a commit
+ * that frees other clusters does not wait for it, nor, for a compressed
+ * cluster, for its wait for an inflater.
  */
 void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
 			       enum qcow2_cluster_type type,
@@ -403,7 +405,6 @@ void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
 		WRITE_ONCE(q->rmw_inflight_max, n);
 	atomic64_inc(&q->rmw_reads);
 	op->rmw_done = done;
-	op->rmw_io_idx = qcow2dedup_io_hold(q);
 	if (type == QCOW2_CLUSTER_COMPRESSED) {
 		atomic64_inc(&q->rmw_compressed);
 		op->rmw_old = *info;

@@ -24,6 +24,12 @@
 #  cmp-end  a compressed cluster whose bytes run past the end of the device,
 #           overwritten: the device stays in write mode (the decrement past
 #           the end failed the commit and turned it read-only)
+#  cmp-bad  a compressed entry whose bytes do not inflate (a cluster of
+#           0xff: a deflate block of the reserved type): a partial write
+#           into it (its old contents are inflated off the worker, issue
+#           11) and a read of it fail with EIO, the kernel log names the
+#           cluster, the device stays in write mode and writes elsewhere
+#           go on; the target adds no corruption to the image
 #  rc0      a data cluster of refcount 0, discarded (nodedup): write mode
 #  newl2    a COPIED L2 entry names a free cluster, which the next new L2
 #           table takes (nodedup, 2 GiB disk, a write at 1 GiB): a write
@@ -100,6 +106,14 @@ pad cmp-end.qcow2
 DEV_END=$(stat -c %s cmp-end.qcow2)
 # Compressed descriptor, 64 KiB clusters: offset in bits 0..53, sectors-1 in 54..61.
 $POKE cmp-end.qcow2 l2 0 $(( (1 << 62) | (255 << 54) | (DEV_END - 512) ))
+
+# ---- cmp-bad: a compressed cluster that does not inflate ----
+new_image cmp-bad.qcow2
+qemu-io -c "write -c -P 0x12 0 64k" -c "write -P 0xff 1M 64k" cmp-bad.qcow2 >/dev/null
+pad cmp-bad.qcow2
+# Guest cluster 0 becomes one sector (sectors - 1 = 0) of 0xff bytes.
+$POKE cmp-bad.qcow2 l2 0 $(( (1 << 62) | $($POKE cmp-bad.qcow2 data-cluster 0) * K ))
+BAD_CORRUPTIONS=$(corruptions cmp-bad.qcow2 || true)	# check exits non-zero on corruption
 
 # ---- rc0: a referenced data cluster with refcount 0 ----
 new_image rc0.qcow2
@@ -185,6 +199,21 @@ is 0 p16.bin cmp-end
 dmsetup remove t || bad "cmp-end: remove"
 klog "runs past the end of the device"
 
+echo "== cmp-bad"
+dmesg -C
+dmsetup create t --table "\$(line /dev/ubdi)" || bad "cmp-bad: create"
+dd if=p16.bin of=/dev/mapper/t bs=4096 count=1 seek=1 oflag=direct status=none 2>/dev/null &&
+	bad "cmp-bad: a partial write into the corrupt compressed cluster succeeded"
+cl 0 >/dev/null 2>&1 && bad "cmp-bad: a read of the corrupt compressed cluster succeeded"
+mode_is write cmp-bad
+dd if=p55.bin of=/dev/mapper/t bs=$K seek=2 oflag=direct status=none || bad "cmp-bad: a write elsewhere"
+sync /dev/mapper/t
+is 2 p55.bin cmp-bad
+mode_is write cmp-bad
+dmsetup message t 0 stats | grep -E '^(rmw_|reads_compressed|inflater)' | tr '\n' ' '; echo
+dmsetup remove t || bad "cmp-bad: remove"
+klog "corrupt compressed cluster"
+
 echo "== rc0"
 dmesg -C
 # nodedup: with dedup, the first write's dedup table root would take the
@@ -216,7 +245,7 @@ exit \$rc
 EOF
 } >inner.sh
 run_inner inner -d lie.qcow2 -d copied.qcow2 -d copied-rb.qcow2 -d l2leaf.qcow2 \
-	-d dataleaf.qcow2 -d cmp-end.qcow2 -d rc0.qcow2 -d newl2.qcow2
+	-d dataleaf.qcow2 -d cmp-end.qcow2 -d rc0.qcow2 -d newl2.qcow2 -d cmp-bad.qcow2
 
 log "host checks"
 want_stat lie.stats verify_mismatches -ge 1
@@ -256,6 +285,10 @@ done
 # is at most leaked, nothing corrupt.
 no_corruption cmp-end.qcow2
 no_corruption rc0.qcow2
+[ "$(corruptions cmp-bad.qcow2)" -le "$BAD_CORRUPTIONS" ] ||
+	fail "cmp-bad: qemu-img check finds more corruption than before ($BAD_CORRUPTIONS)"
+qemu-io -r -c "read -P 0x55 128k 64k" -c "read -P 0xff 1M 64k" cmp-bad.qcow2 >/dev/null ||
+	fail "cmp-bad: contents"
 qemu-io -r -c "read -P 0x16 0 64k" -c "read -P 0x55 128k 64k" -c "read -P 0x13 1M 64k" \
 	cmp-end.qcow2 >/dev/null || fail "cmp-end: contents"
 qemu-io -r -c "read -P 0 0 64k" -c "read -P 0x55 192k 64k" -c "read -P 0x15 1M 64k" \

@@ -202,12 +202,12 @@ qemu-img compare -q -f raw -F qcow2 exp1.raw one.qcow2 || fail "part 1: content 
 
 for variant in dedup nodedup; do
 log "part 2 ($variant): compressed clusters read on the read workqueue beside RMW writes"
-opts=""
-[ "$variant" = nodedup ] && opts=" 1 nodedup"
+table_opts=""
+[ "$variant" = nodedup ] && table_opts=" 1 nodedup"
 cp two.qcow2 "two-$variant.qcow2"
 cat >act2.sh <<EOF
 . ./common.sh
-dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/ubda$opts" || { echo "FAIL: create"; exit 1; }
+dmsetup create t --table "0 $((8 * 2048)) qcow2dedup /dev/ubda$table_opts" || { echo "FAIL: create"; exit 1; }
 pids=()
 for i in \$(seq 0 7); do
 	dd if=/dev/mapper/t of=part\$i.bin bs=64k count=16 skip=\$((i * 16)) iflag=direct status=none &
