@@ -394,6 +394,7 @@ struct qcow2_op {
 	 */
 	bool fill;
 	u32 zero_in, zero_len;		/* write-zeroes: these bytes go on top, not the bio's */
+	int rmw_io_idx;			/* its reader generation: qcow2dedup_io_hold() */
 	void (*rmw_done)(struct qcow2_op *op, bool error);
 	struct qcow2_l2e_info rmw_old;	/* a compressed cluster to inflate: */
 	struct work_struct rmw_work;	/* on @q->read_wq */

@@ -356,6 +356,7 @@ static void rmw_endio(unsigned long error, void *context)
 	struct qcow2_op *op = context;
 	struct qcow2dedup *q = op->q;
 
+	qcow2dedup_io_unhold(q, op->rmw_io_idx);
 	atomic_dec(&q->rmw_inflight);
 	op->rmw_done(op, error);
 }
@@ -388,11 +389,13 @@ static void rmw_inflate_work(struct work_struct *ws)
  *
  * The worker goes on with other requests meanwhile.  The cluster cannot
  * change under the read: its guest cluster is busy (no other write or
- * discard of it starts), so its reference stays and no commit frees it
- * (nor, for a compressed cluster, any host cluster its bytes touch).  So
- * the read holds no reader generation (qcow2dedup_io_hold()): a commit
- * that frees other clusters does not wait for it, nor, for a compressed
- * cluster, for its wait for an inflater.
+ * discard of it starts), so its reference stays; the read also counts as
+ * a reader (qcow2dedup_io_hold()), as every bio on the device does.  On a
+ * consistent image that reference alone keeps the cluster; the hold is
+ * for an image whose refcount is below its references (another guest
+ * cluster's rewrite can take it to zero, and the cluster be reused under
+ * the read): then a freeing commit waits for the read, which moves the
+ * guest cluster off with its true old bytes.
  */
 void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
 			       enum qcow2_cluster_type type,
@@ -405,6 +408,7 @@ void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
 		WRITE_ONCE(q->rmw_inflight_max, n);
 	atomic64_inc(&q->rmw_reads);
 	op->rmw_done = done;
+	op->rmw_io_idx = qcow2dedup_io_hold(q);
 	if (type == QCOW2_CLUSTER_COMPRESSED) {
 		atomic64_inc(&q->rmw_compressed);
 		op->rmw_old = *info;

@@ -1,10 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The readers of host clusters: every bio the target remaps to a host
- * cluster (and every read the target issues itself of a cluster nothing
- * else keeps referenced: a deferred read, a verify read; not the read of
- * a busy guest cluster's old contents) holds the current generation from
- * before it looks the cluster up until its end_io.  A
+ * cluster (and every read the target issues itself) holds the current
+ * generation from before it looks the cluster up until its end_io.  A
  * commit about to free clusters starts a new generation and waits for the
  * old one to drain, so a freed cluster is never reused while a bio still
  * reads or writes it.
