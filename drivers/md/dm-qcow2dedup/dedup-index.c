@@ -896,3 +896,34 @@ bool dedup_is_zero(const void *buf, size_t len)
 	return !memchr_inv(buf, 0, len);
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_is_zero);
+
+/*
+ * Hashes with published collisions: anyone can make two clusters with one
+ * digest (md5 in seconds, sha1 since 2017), so a digest match proves
+ * nothing.  In a guest with several users, one of them could then make
+ * another's write read back bytes of his choosing.
+ */
+static const char * const dedup_broken_hashes[] = { "md4", "md5", "sha1" };
+
+/**
+ * dedup_hash_verdict() - may a match of this hash's digests share a cluster?
+ * @alg: the algorithm's name (the crypto API's cra_name: "md5" also for
+ *	"md5-generic" or an accelerated driver).
+ * @digest_size: its digest, in bytes.
+ * @verify: every match is compared byte for byte before it is shared.
+ */
+enum dedup_hash_verdict dedup_hash_verdict(const char *alg, unsigned int digest_size,
+					   bool verify)
+{
+	unsigned int i;
+
+	if (verify)
+		return DEDUP_HASH_OK;
+	if (digest_size < 16)
+		return DEDUP_HASH_SHORT;
+	for (i = 0; i < ARRAY_SIZE(dedup_broken_hashes); i++)
+		if (!strcmp(alg, dedup_broken_hashes[i]))
+			return DEDUP_HASH_BROKEN;
+	return DEDUP_HASH_OK;
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_hash_verdict);

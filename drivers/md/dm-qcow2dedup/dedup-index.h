@@ -254,6 +254,16 @@ void dedup_unverify_all(struct dedup_index *idx);
 bool dedup_below_ceiling(u64 rc, u32 refcount_order);
 bool dedup_is_zero(const void *buf, size_t len);
 
+/* Whether a digest match alone may share a cluster (else: verify first). */
+enum dedup_hash_verdict {
+	DEDUP_HASH_OK,
+	DEDUP_HASH_SHORT,	/* under 128 bits: collisions by chance */
+	DEDUP_HASH_BROKEN,	/* md4, md5, sha1: collisions on purpose */
+};
+
+enum dedup_hash_verdict dedup_hash_verdict(const char *alg, unsigned int digest_size,
+					   bool verify);
+
 u64 dedup_index_bytes(const struct dedup_index *idx);
 size_t dedup_entry_bytes(void);
 

@@ -56,10 +56,12 @@ static unsigned int cluster_bits(struct qcow2dedup *q)
  * @ti: for the error message.
  *
  * The hash must exist as a synchronous shash; a digest shorter than 128
- * bits is refused unless every match is verified byte for byte.
+ * bits, or one of a hash with known collisions, is refused unless every
+ * match is verified byte for byte (dedup_hash_verdict()).
  */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 {
+	enum dedup_hash_verdict verdict;
 	unsigned int ds;
 
 	/*
@@ -86,10 +88,14 @@ int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti)
 		return -EINVAL;
 	}
 	ds = crypto_shash_digestsize(q->tfm);
-	if (ds < 16 && !q->opt.verify) {
-		ti->error = "Hash digest shorter than 128 bits: add verify";
-		DMERR("hash %s: %u-bit digest is too weak to share clusters on; use it with verify",
-		      q->opt.hash, ds * 8);
+	verdict = dedup_hash_verdict(crypto_shash_alg_name(q->tfm), ds, q->opt.verify);
+	if (verdict != DEDUP_HASH_OK) {
+		ti->error = verdict == DEDUP_HASH_SHORT ?
+			    "Hash digest shorter than 128 bits: add verify" :
+			    "Hash with known collisions (md4, md5, sha1): add verify";
+		DMERR("hash %s (%s, %u-bit digest): %s", q->opt.hash,
+		      crypto_shash_alg_name(q->tfm), ds * 8,
+		      "too weak to share clusters on; use it with verify");
 		return -EINVAL;
 	}
 	if (ds > HASH_MAX_DIGESTSIZE) {

@@ -95,6 +95,13 @@ add_case hash-name-32-chars 0 "$SECTORS" " 2 hash hmac(hmac(hmac(sha256-generic)
 	"Hash algorithm name too long (at most 31 characters)" "" refuse
 add_case hash-64bit-without-verify 0 "$SECTORS" " 2 hash xxhash64" \
 	"Hash digest shorter than 128 bits: add verify" "" refuse
+# md5 and sha1 have known collisions (dedup_hash_verdict()): by name, by
+# driver name, and accepted with verify.
+add_case hash-md5-without-verify 0 "$SECTORS" " 2 hash md5" \
+	"Hash with known collisions (md4, md5, sha1): add verify" "" refuse
+add_case hash-sha1-driver-without-verify 0 "$SECTORS" " 2 hash sha1-generic" \
+	"Hash with known collisions (md4, md5, sha1): add verify" "" refuse
+add_case hash-md5-with-verify 0 "$SECTORS" " 3 hash md5 verify" "" "" accept
 add_case index-limit-0 0 "$SECTORS" " 2 index_limit 0" \
 	"Invalid index_limit (MiB, at least 1)" "" refuse
 add_case index-limit-word 0 "$SECTORS" " 2 index_limit lots" \
@@ -229,15 +236,20 @@ refuse() {
 	[ $ok = 1 ] && echo "ok $name"
 }
 
-# accept NAME DEV SECTORS EXPECTED_RAW
+# accept NAME DEV SECTORS EXTRA EXPECTED_RAW
 accept() {
-	local name=$1 dev=$2 sect=$3 raw=$4 dm=q2d-$1 st n
-	if ! dmsetup create "$dm" --table "0 $sect qcow2dedup $dev" >"$errf" 2>&1; then
+	local name=$1 dev=$2 sect=$3 extra=$4 raw=$5 dm=q2d-$1 st n w t
+	if ! dmsetup create "$dm" --table "0 $sect qcow2dedup $dev$extra" >"$errf" 2>&1; then
 		take_log
 		bad "$name" "refused: $(<"$errf"); dmesg: $(kmsg)"
 		gone "$name" "$dm"
 		return
 	fi
+	# The options took: the table line shows each of them.
+	t=$(dmsetup table "$dm")
+	for w in $extra; do
+		[[ " $t " == *" $w "* ]] || bad "$name" "table '$t' lacks '$w'"
+	done
 	n=$(blockdev --getsz "/dev/mapper/$dm")
 	[ "$n" = "$sect" ] || bad "$name" "device has $n sectors, want $sect"
 	st=$(dmsetup status "$dm")
@@ -280,8 +292,8 @@ for ((b = 0; b < nboots; b++)); do
 			((d >= first && d < first + MAX_UBD)) || continue
 			dev=/dev/ubd${letters[d - first]}
 			if [ "${c_kind[c]}" = accept ]; then
-				printf 'accept %q %q %q %q\n' "${c_name[c]}" "$dev" \
-					"${c_sect[c]}" "$WORK/expected.raw"
+				printf 'accept %q %q %q %q %q\n' "${c_name[c]}" "$dev" \
+					"${c_sect[c]}" "${c_extra[c]}" "$WORK/expected.raw"
 			else
 				printf 'refuse %q %q %q %q %q %q\n' "${c_name[c]}" "$dev" \
 					"${c_sect[c]}" "${c_extra[c]}" "${c_msg[c]}" "${c_value[c]}"

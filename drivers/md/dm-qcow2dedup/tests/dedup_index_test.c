@@ -499,6 +499,31 @@ static void refcount_ceiling(struct kunit *test)
 	KUNIT_EXPECT_TRUE(test, dedup_below_ceiling(1, 4));
 }
 
+/* Which hashes may share clusters on a digest match alone. */
+static void hash_verdict(struct kunit *test)
+{
+	static const char * const strong[] = { "sha256", "blake2b-256", "sha512",
+					       "sha3-256", "blake2b-160", "rmd160" };
+	static const char * const broken[] = { "md4", "md5", "sha1" };
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(strong); i++) {
+		KUNIT_EXPECT_EQ(test, dedup_hash_verdict(strong[i], 20, false), DEDUP_HASH_OK);
+		/* The name alone never admits a short digest. */
+		KUNIT_EXPECT_EQ(test, dedup_hash_verdict(strong[i], 15, false), DEDUP_HASH_SHORT);
+	}
+	for (i = 0; i < ARRAY_SIZE(broken); i++) {
+		KUNIT_EXPECT_EQ(test, dedup_hash_verdict(broken[i], 20, false), DEDUP_HASH_BROKEN);
+		KUNIT_EXPECT_EQ(test, dedup_hash_verdict(broken[i], 20, true), DEDUP_HASH_OK);
+	}
+	KUNIT_EXPECT_EQ(test, dedup_hash_verdict("xxhash64", 8, false), DEDUP_HASH_SHORT);
+	KUNIT_EXPECT_EQ(test, dedup_hash_verdict("xxhash64", 8, true), DEDUP_HASH_OK);
+	KUNIT_EXPECT_EQ(test, dedup_hash_verdict("crc32c", 4, true), DEDUP_HASH_OK);
+	/* Exact names: neither a longer name nor a prefix of one is md5. */
+	KUNIT_EXPECT_EQ(test, dedup_hash_verdict("md5x", 16, false), DEDUP_HASH_OK);
+	KUNIT_EXPECT_EQ(test, dedup_hash_verdict("md", 16, false), DEDUP_HASH_OK);
+}
+
 static void zero_detection(struct kunit *test)
 {
 	size_t len = 65536, pos;
@@ -721,6 +746,7 @@ static struct kunit_case dedup_index_cases[] = {
 	KUNIT_CASE(referrers_bounded),
 	KUNIT_CASE(memory_limit),
 	KUNIT_CASE(refcount_ceiling),
+	KUNIT_CASE(hash_verdict),
 	KUNIT_CASE(zero_detection),
 	KUNIT_CASE(entry_layout),
 	KUNIT_CASE(key_many),
