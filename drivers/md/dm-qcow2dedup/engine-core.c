@@ -395,7 +395,9 @@ static void rmw_inflate_work(struct work_struct *ws)
  * for an image whose refcount is below its references (another guest
  * cluster's rewrite can take it to zero, and the cluster be reused under
  * the read): then a freeing commit waits for the read, which moves the
- * guest cluster off with its true old bytes.
+ * guest cluster off with its true old bytes.  A compressed cluster's read
+ * may first wait for an inflater; the pool serves waiters in order, so
+ * that commit waits for at most the reads queued before this one.
  */
 void qcow2dedup_read_old_async(struct qcow2dedup *q, struct qcow2_op *op,
 			       enum qcow2_cluster_type type,

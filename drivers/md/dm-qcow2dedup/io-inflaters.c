@@ -4,6 +4,7 @@
  */
 #include <kunit/visibility.h>
 #include <linux/blkdev.h>
+#include <linux/completion.h>
 #include <linux/minmax.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
@@ -17,6 +18,14 @@
  * reach the CPU bound long before this, 2 MiB zstd clusters get three.
  */
 #define INFLATERS_BUDGET	(32ULL << 20)
+
+/* A get waiting for a put to hand it an inflater; on its stack. */
+struct inflater_waiter {
+	struct list_head node;		/* in the pool's @waiters */
+	u64 host_off;			/* the cluster it wants */
+	struct qcow2_inflater *inf;	/* what the put handed it */
+	struct completion handed;
+};
 
 static size_t inflater_bytes(u32 compression_type, size_t cluster_size)
 {
@@ -83,7 +92,7 @@ int qcow2_inflaters_init(struct qcow2_inflaters *p, u32 compression_type,
 	memset(p, 0, sizeof(*p));
 	spin_lock_init(&p->lock);
 	INIT_LIST_HEAD(&p->idle);
-	init_waitqueue_head(&p->wait);
+	INIT_LIST_HEAD(&p->waiters);
 	p->compression_type = compression_type;
 	p->cluster_size = cluster_size;
 	p->max = max(max, 1U);
@@ -103,7 +112,7 @@ void qcow2_inflaters_exit(struct qcow2_inflaters *p)
 
 	if (!p->nr)
 		return;		/* never initialised, or its init failed */
-	WARN_ON_ONCE(p->held);
+	WARN_ON_ONCE(p->held || !list_empty(&p->waiters));
 	list_for_each_entry_safe(inf, next, &p->idle, node)
 		inflater_free(inf);
 	INIT_LIST_HEAD(&p->idle);
@@ -149,6 +158,18 @@ static struct qcow2_inflater *grow(struct qcow2_inflaters *p)
 	return inf;
 }
 
+/* Queue @w for the next put.  Context: @p->lock held. */
+static void wait_in_line(struct qcow2_inflaters *p, struct inflater_waiter *w,
+			 u64 host_off)
+{
+	lockdep_assert_held(&p->lock);
+	w->host_off = host_off;
+	w->inf = NULL;
+	init_completion(&w->handed);
+	list_add_tail(&w->node, &p->waiters);
+	p->waits++;
+}
+
 /**
  * qcow2_inflater_get() - an inflater of the caller's own.
  * @p: the pool.
@@ -156,52 +177,60 @@ static struct qcow2_inflater *grow(struct qcow2_inflaters *p)
  *	output holds it already is preferred (see @cached).
  *
  * An idle one, else a new one below @max, else (or when memory is short)
- * the next one put back.  Never fails.
+ * the one the next put hands over, after the gets that waited before.
+ * Never fails.
  *
  * Context: process context; sleeps.
  */
 struct qcow2_inflater *qcow2_inflater_get(struct qcow2_inflaters *p, u64 host_off)
 {
+	struct inflater_waiter w;
 	struct qcow2_inflater *inf;
-	bool may_grow;
+	bool may_grow = false;
 
 	might_sleep();
-	for (;;) {
-		spin_lock(&p->lock);
-		inf = take_idle(p, host_off);
+	spin_lock(&p->lock);
+	inf = take_idle(p, host_off);
+	if (!inf) {
 		/* After a failed allocation, none until an inflater comes back. */
-		may_grow = !inf && p->nr < p->max && !p->grow_failed;
+		may_grow = p->nr < p->max && !p->grow_failed;
 		if (may_grow) {
 			/* Counted now, so that racing gets stay within @max. */
 			p->nr++;
 			p->held++;
 			p->held_max = max(p->held_max, p->held);
-		} else if (!inf) {
-			p->waits++;
+		} else {
+			wait_in_line(p, &w, host_off);
 		}
+	}
+	spin_unlock(&p->lock);
+	if (inf)
+		return inf;
+	if (may_grow) {
+		inf = grow(p);
+		if (inf) {
+			inf->gen = READ_ONCE(p->gen);
+			return inf;
+		}
+		spin_lock(&p->lock);
+		p->nr--;
+		p->held--;
+		p->grow_failures++;
+		p->grow_failed = true;
+		/* One may have come back meanwhile, with nobody waiting for it. */
+		inf = take_idle(p, host_off);
+		if (!inf)
+			wait_in_line(p, &w, host_off);
 		spin_unlock(&p->lock);
 		if (inf)
 			return inf;
-		if (may_grow) {
-			inf = grow(p);
-			if (inf) {
-				inf->gen = READ_ONCE(p->gen);
-				return inf;
-			}
-			spin_lock(&p->lock);
-			p->nr--;
-			p->held--;
-			p->grow_failures++;
-			p->grow_failed = true;
-			p->waits++;
-			spin_unlock(&p->lock);
-		}
-		/*
-		 * @nr >= 1 and all held, by callers that give them back after
-		 * their read and inflate: a put adds to @idle, then wakes us.
-		 */
-		wait_event(p->wait, !list_empty_careful(&p->idle));
 	}
+	/*
+	 * @nr >= 1 and none idle: all are held, by callers that give them
+	 * back after their read and inflate, and each put serves a waiter.
+	 */
+	wait_for_completion(&w.handed);
+	return w.inf;
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_inflater_get);
 
@@ -211,16 +240,32 @@ EXPORT_SYMBOL_IF_KUNIT(qcow2_inflater_get);
  * @inf: the inflater; its @cached says what its output holds (0: nothing
  *	usable, e.g. after a failed read or inflate).
  *
+ * The oldest waiting get gets it, else it goes idle.
+ *
  * Context: process context.
  */
 void qcow2_inflater_put(struct qcow2_inflaters *p, struct qcow2_inflater *inf)
 {
+	struct inflater_waiter *w;
+
 	spin_lock(&p->lock);
-	list_add(&inf->node, &p->idle);
-	p->held--;
 	p->grow_failed = false;
+	w = list_first_entry_or_null(&p->waiters, struct inflater_waiter, node);
+	if (!w) {
+		list_add(&inf->node, &p->idle);
+		p->held--;
+		spin_unlock(&p->lock);
+		return;
+	}
+	/* Handed over still held; what it caches counts if the waiter wants it. */
+	list_del(&w->node);
+	if (inf->cached != w->host_off || inf->gen != p->gen)
+		inf->cached = 0;
+	inf->gen = p->gen;
+	w->inf = inf;
+	/* @w lives on the waiter's stack until it sees this; the last use. */
+	complete(&w->handed);
 	spin_unlock(&p->lock);
-	wake_up(&p->wait);
 }
 EXPORT_SYMBOL_IF_KUNIT(qcow2_inflater_put);
 

@@ -12,9 +12,12 @@
  * qcow2_inflaters_max()).  Growing allocates on the I/O path, without I/O;
  * when memory is short the caller waits for an inflater to come back, as
  * it does at @max, and never fails (and no get tries to grow again before
- * a put).  Inflaters live until the pool's exit.  Waiters are not served
- * in order: a get that finds an idle inflater takes it even while others
- * wait.
+ * a put).  Inflaters live until the pool's exit.  Waiters are served in
+ * the order they came: a put hands its inflater to the oldest waiter
+ * (never to @idle while one waits), so a get waits for at most the gets
+ * queued before it, each one read and inflate long.  That bound matters:
+ * a read-modify-write of a compressed cluster holds a reader generation
+ * while it waits, and a commit that frees clusters waits for it.
  *
  * Each inflater remembers the host offset of the cluster its output buffer
  * holds (@cached), and a get for that offset prefers it: a reader that
@@ -25,8 +28,9 @@
  * an inflater's @cached counts only for the generation it was taken in).
  *
  * Locking: @lock (a spinlock, never held across an allocation, a read or
- * an inflate) protects @idle, @nr and the statistics; an inflater a caller
- * holds is the caller's alone.  get sleeps; put in any process context.
+ * an inflate) protects @idle, @waiters, @nr and the statistics; an
+ * inflater a caller holds is the caller's alone.  get sleeps; put in any
+ * process context.
  */
 #ifndef DM_QCOW2DEDUP_IO_INFLATERS_H
 #define DM_QCOW2DEDUP_IO_INFLATERS_H
@@ -34,7 +38,6 @@
 #include <linux/list.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
-#include <linux/wait.h>
 
 struct qcow2_decompressor;
 
@@ -48,9 +51,11 @@ struct qcow2_inflater {
 };
 
 struct qcow2_inflaters {
-	spinlock_t lock;		/* @idle, @nr, @gen and the statistics */
-	struct list_head idle;		/* most recently used first */
-	wait_queue_head_t wait;		/* for an inflater to become idle */
+	spinlock_t lock;		/* @idle, @waiters, @nr, @gen, statistics */
+	struct list_head idle;		/* most recently used first; empty while
+					 * @waiters is not
+					 */
+	struct list_head waiters;	/* gets waiting for a put, oldest first */
 	u32 compression_type;
 	size_t cluster_size;
 	unsigned int nr;		/* made, idle or held */

@@ -2,7 +2,8 @@
 /*
  * KUnit tests for the pool of inflaters (io-inflaters.c): its size policy,
  * the preference for the inflater that holds the wanted cluster already,
- * growth up to its bound and the wait beyond it, forgetting cached
+ * growth up to its bound and the wait beyond it, waiters served in the
+ * order they came, forgetting cached
  * clusters, and threads on every CPU inflating at once, each with an
  * inflater no other thread holds, each getting its own bytes.
  *
@@ -191,6 +192,73 @@ static void waits_at_max(struct kunit *test)
 	pool_free(p);
 }
 
+static struct getter *getter_start(struct kunit *test, struct qcow2_inflaters *p)
+{
+	struct getter *g = kunit_kzalloc(test, sizeof(*g), GFP_KERNEL);
+	struct task_struct *t;
+
+	KUNIT_ASSERT_NOT_NULL(test, g);
+	g->p = p;
+	init_completion(&g->done);
+	t = kthread_run(getter_fn, g, "inflaters-get");
+	KUNIT_ASSERT_FALSE(test, IS_ERR(t));
+	return g;
+}
+
+/* Until @p has had @waits waits (the thread may start late under emulation). */
+static bool waits_reach(struct qcow2_inflaters *p, u64 waits)
+{
+	int i;
+
+	for (i = 0; i < 500 && READ_ONCE(p->waits) < waits; i++)
+		msleep(20);
+	return READ_ONCE(p->waits) == waits;
+}
+
+/*
+ * Waiters are served in the order they came, each by a put handing the
+ * inflater over: it never goes idle meanwhile, where a get that came later
+ * could take it first.
+ */
+static void served_in_order(struct kunit *test)
+{
+	struct qcow2_inflaters *p = pool_new(test, 1);
+	struct getter *g[3];
+	struct qcow2_inflater *a;
+	int i;
+
+	a = qcow2_inflater_get(p, 1 << 20);
+	for (i = 0; i < 3; i++) {
+		g[i] = getter_start(test, p);
+		/* One at a time, so that the order they wait in is known. */
+		KUNIT_ASSERT_TRUE(test, waits_reach(p, i + 1));
+	}
+	a->cached = 5 << 20;	/* what the getters want: it stays cached */
+	for (i = 0; i < 3; i++) {
+		qcow2_inflater_put(p, a);
+		/* Handed over at once: still held, nothing idle to take. */
+		KUNIT_EXPECT_EQ(test, p->held, 1U);
+		KUNIT_EXPECT_TRUE(test, list_empty(&p->idle));
+		if (!wait_for_completion_timeout(&g[i]->done, ENDS_WITHIN)) {
+			KUNIT_FAIL(test, "getter %d did not get the inflater put back", i);
+			return;		/* leaked: the threads may still use them */
+		}
+		KUNIT_EXPECT_PTR_EQ(test, g[i]->got, a);
+		KUNIT_EXPECT_EQ(test, a->cached, i ? 0ULL : 5ULL << 20);
+		/* The later ones still wait: this one went first. */
+		if (i < 2)
+			KUNIT_EXPECT_FALSE(test, completion_done(&g[i + 1]->done));
+		a->cached = 7 << 20;	/* not what the next getter wants */
+	}
+	qcow2_inflater_put(p, a);
+	KUNIT_EXPECT_EQ(test, p->held, 0U);
+	KUNIT_EXPECT_EQ(test, p->waits, 3ULL);
+	KUNIT_EXPECT_PTR_EQ(test, qcow2_inflater_get(p, 7 << 20), a);
+	KUNIT_EXPECT_EQ(test, a->cached, 7ULL << 20);
+	qcow2_inflater_put(p, a);
+	pool_free(p);
+}
+
 struct stress {
 	struct qcow2_inflaters *p;
 	atomic_t running;
@@ -289,6 +357,7 @@ static struct kunit_case io_inflaters_cases[] = {
 	KUNIT_CASE(prefers_cached),
 	KUNIT_CASE(forget),
 	KUNIT_CASE(waits_at_max),
+	KUNIT_CASE(served_in_order),
 	KUNIT_CASE(stress_on_all_cpus),
 	{}
 };
