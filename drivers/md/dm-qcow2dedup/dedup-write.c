@@ -826,6 +826,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("read_runs %lld\n", (long long)atomic64_read(&q->read_runs));
 	DMEMIT("zero_runs %lld\n", (long long)atomic64_read(&q->zero_runs));
 	DMEMIT("barrier_writes %lld\n", (long long)atomic64_read(&q->barrier_writes));
+	DMEMIT("zeroes_in_place %lld\n", (long long)atomic64_read(&q->zeroes_in_place));
+	DMEMIT("zeroes_in_place_inflight_max %u\n", READ_ONCE(q->zeroes_in_place_inflight_max));
 	DMEMIT("table_barriers %llu\n", READ_ONCE(q->table.barriers));
 	DMEMIT("reads_deferred %lld\n", (long long)atomic64_read(&q->reads_deferred));
 	DMEMIT("reads_deferred_inflight_max %u\n", READ_ONCE(q->reads_inflight_max));

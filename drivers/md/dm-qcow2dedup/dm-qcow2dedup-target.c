@@ -290,6 +290,8 @@ static int engine_create(struct dm_target *ti, struct block_device *bdev,
 	INIT_LIST_HEAD(&q->completed);
 	INIT_LIST_HEAD(&q->hashed);
 	INIT_LIST_HEAD(&q->barrier_wait);
+	q->zero_pages.next = &q->zero_pages;
+	q->zero_pages.page = ZERO_PAGE(0);
 	bio_list_init(&q->barrier_bios);
 	INIT_LIST_HEAD(&q->engines_node);
 	INIT_WORK(&q->worker, qcow2dedup_do_worker);

@@ -9,6 +9,7 @@
 #include <crypto/hash.h>
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
+#include <linux/dm-io.h>
 #include <linux/mempool.h>
 #include <linux/rbtree.h>
 #include <linux/sizes.h>
@@ -212,6 +213,8 @@ struct qcow2dedup {
 	/* Pieces of deferred reads (engine-read.c): freed at their end_io. */
 	struct bio_set split_bs;
 	struct dm_io_client *io;
+	/* One zero page, endlessly: what write-zeroes writes in place. */
+	struct page_list zero_pages;
 
 	/*
 	 * Memory of the I/O path: operations and cluster buffers come from
@@ -294,6 +297,9 @@ struct qcow2dedup {
 	atomic64_t read_runs;
 	atomic64_t zero_runs;		/* reads of several clusters answered as zeros */
 	atomic64_t barrier_writes;	/* writes in place that waited for a table barrier */
+	atomic64_t zeroes_in_place;	/* write-zeroes' partial clusters zeroed in place */
+	atomic_t zeroes_in_place_inflight;
+	unsigned int zeroes_in_place_inflight_max;
 	atomic64_t write_runs;
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
@@ -319,6 +325,9 @@ struct qcow2_bio {
 	bool io_held;
 	bool started;			/* discard: pieces counted from here */
 	atomic_t remaining;		/* write-zeroes pieces in flight + 1 */
+	int zero_idx[2];		/* reader generations of the first and last
+					 * clusters' zeroing in place
+					 */
 	blk_status_t status;
 	u64 next;			/* discard: where the next slice starts */
 };
@@ -423,6 +432,8 @@ int qcow2dedup_sync_io(struct qcow2dedup *q, blk_opf_t opf, void *buf, u64 off,
 		       u64 len);
 void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 			   void (*fn)(unsigned long error, void *ctx), void *ctx);
+void qcow2dedup_zero_in_place(struct qcow2dedup *q, struct bio *bio, bool last,
+			      u64 host_off, u64 len);
 struct qcow2_inflater *qcow2dedup_inflate(struct qcow2dedup *q,
 					  const struct qcow2_l2e_info *info);
 void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data);

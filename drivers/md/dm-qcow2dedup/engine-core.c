@@ -163,6 +163,74 @@ void qcow2dedup_async_read(struct qcow2dedup *q, void *buf, u64 off, u64 len,
 		fn(1, ctx);
 }
 
+/* The end of qcow2dedup_zero_in_place()'s write: in any context. */
+static void zeroed_in_place(struct bio *bio, bool last, unsigned long error)
+{
+	struct qcow2_bio *p = qcow2dedup_pb(bio);
+	struct qcow2dedup *q = p->q;
+
+	atomic_dec(&q->zeroes_in_place_inflight);
+	qcow2dedup_io_unhold(q, p->zero_idx[last]);
+	qcow2dedup_piece_done(bio, error ? BLK_STS_IOERR : BLK_STS_OK);
+}
+
+static void first_zeroed(unsigned long error, void *ctx)
+{
+	zeroed_in_place(ctx, false, error);
+}
+
+static void last_zeroed(unsigned long error, void *ctx)
+{
+	zeroed_in_place(ctx, true, error);
+}
+
+/**
+ * qcow2dedup_zero_in_place() - write zeros over part of a cluster of
+ *	refcount one, beside the worker: a piece of write-zeroes @bio.
+ * @q: target (worker).
+ * @bio: the write-zeroes; @remaining counts this piece already.
+ * @last: the piece is in @bio's last cluster, not its first (only those
+ *	two can be partial).
+ * @host_off: device byte where the zeros go.
+ * @len: bytes (sectors), within the cluster.
+ *
+ * The cluster is unindexed (qcow2dedup_forget_host()).  The write counts
+ * as a reader (qcow2dedup_io_hold()) like a remapped bio, so a commit that
+ * frees the cluster (a discard of its guest cluster that came next) waits
+ * for it before the cluster can be reused.  Zeros are written, not
+ * offloaded (REQ_OP_WRITE_ZEROES may be unsupported): a partial cluster
+ * is at most 2 MiB.
+ */
+void qcow2dedup_zero_in_place(struct qcow2dedup *q, struct bio *bio, bool last,
+			      u64 host_off, u64 len)
+{
+	struct qcow2_bio *p = qcow2dedup_pb(bio);
+	struct dm_io_region region = {
+		.bdev = q->bdev,
+		.sector = host_off >> SECTOR_SHIFT,
+		.count = len >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_WRITE,
+		.mem.type = DM_IO_PAGE_LIST,
+		.mem.ptr.pl = &q->zero_pages,
+		.notify.fn = last ? last_zeroed : first_zeroed,
+		.notify.context = bio,
+		.client = q->io,
+	};
+	unsigned int n = atomic_inc_return(&q->zeroes_in_place_inflight);
+
+	qcow2dedup_assert_worker(q);
+	if (n > q->zeroes_in_place_inflight_max)
+		WRITE_ONCE(q->zeroes_in_place_inflight_max, n);
+	atomic64_inc(&q->zeroes_in_place);
+	p->q = q;
+	p->zero_idx[last] = qcow2dedup_io_hold(q);
+	/* Asynchronous dm_io() fails only on bad arguments: end it anyway. */
+	if (dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT))
+		req.notify.fn(1, bio);
+}
+
 /**
  * qcow2dedup_inflate() - read and inflate the compressed cluster behind
  *	@info, beside any other such read.

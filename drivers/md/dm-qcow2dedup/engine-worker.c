@@ -299,15 +299,19 @@ static int discard_piece(struct qcow2dedup *q, struct bio *bio, u64 off, u64 len
 	if (!zeroes)
 		return 0;
 	if (type == QCOW2_CLUSTER_NORMAL && info.copied) {
-		/* Synchronous in place: the worker owns the cluster here. */
+		/*
+		 * In place, beside the worker.  (Its table barrier, when the
+		 * slot is on disk, is still the worker's: a rare case, after
+		 * a reactivation.)
+		 */
 		r = qcow2dedup_forget_host(q, info.host_offset);
-		if (!r)
-			r = blkdev_issue_zeroout(q->bdev,
-						 (info.host_offset + in) >> SECTOR_SHIFT,
-						 len >> SECTOR_SHIFT, GFP_NOIO,
-						 BLKDEV_ZERO_NOUNMAP);
-		if (r)
+		if (r) {
 			p->status = BLK_STS_IOERR;
+			return 0;
+		}
+		atomic_inc(&p->remaining);
+		qcow2dedup_zero_in_place(q, bio, off != qcow2dedup_guest_offset(bio),
+					 info.host_offset + in, len);
 		return 0;
 	}
 	/* A new cluster with the old contents and zeros: a piece of its own. */
