@@ -188,7 +188,7 @@ static void last_zeroed(unsigned long error, void *ctx)
  * qcow2dedup_zero_in_place() - write zeros over part of a cluster of
  *	refcount one, beside the worker: a piece of write-zeroes @bio.
  * @q: target (worker).
- * @bio: the write-zeroes; @remaining counts this piece already.
+ * @bio: the write-zeroes; @remaining counts this piece already, @q is set.
  * @last: the piece is in @bio's last cluster, not its first (only those
  *	two can be partial).
  * @host_off: device byte where the zeros go.
@@ -224,7 +224,6 @@ void qcow2dedup_zero_in_place(struct qcow2dedup *q, struct bio *bio, bool last,
 	if (n > q->zeroes_in_place_inflight_max)
 		WRITE_ONCE(q->zeroes_in_place_inflight_max, n);
 	atomic64_inc(&q->zeroes_in_place);
-	p->q = q;
 	p->zero_idx[last] = qcow2dedup_io_hold(q);
 	/* Asynchronous dm_io() fails only on bad arguments: end it anyway. */
 	if (dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT))

@@ -365,6 +365,7 @@ static int process_discard(struct qcow2dedup *q, struct bio *bio)
 			return 0;
 		}
 		p->started = true;
+		p->q = q;	/* for its pieces' ends (qcow2dedup_zero_in_place()) */
 		p->next = start;
 		p->status = BLK_STS_OK;
 		atomic_set(&p->remaining, 1);
@@ -556,7 +557,8 @@ static bool engine_busy(struct qcow2dedup *q)
 	busy = !bio_list_empty(&q->deferred) || !list_empty(&q->completed) ||
 	       !list_empty(&q->hashed);
 	spin_unlock_irq(&q->lock);
-	return busy || READ_ONCE(q->nr_ops);
+	/* Zero writes in place hold no op, but end in @q (a dtr unsuspended). */
+	return busy || READ_ONCE(q->nr_ops) || atomic_read(&q->zeroes_in_place_inflight);
 }
 
 /* Stop the timers and the rebuild's batches, and let the worker settle. */
