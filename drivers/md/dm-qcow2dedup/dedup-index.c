@@ -4,6 +4,7 @@
  * worker turns what these functions report into qcow2 metadata changes.
  */
 #include <kunit/visibility.h>
+#include <linux/hash.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
 #include <linux/string.h>
@@ -51,6 +52,27 @@ void dedup_index_init(struct dedup_index *idx, unsigned int key_len,
 	idx->limit_bytes = limit_bytes;
 }
 EXPORT_SYMBOL_IF_KUNIT(dedup_index_init);
+
+/* @host's entry lost its key or its memory: see dedup_host_stamp(). */
+static void note_change(struct dedup_index *idx, u64 host)
+{
+	idx->host_changes[hash_64(host, DEDUP_STAMP_BITS)]++;
+}
+
+/**
+ * dedup_host_stamp() - a stamp of the changes that can affect the entry of
+ *	host cluster @host: equal before and after a wait, the entry found
+ *	for @host before it is the same, for the same bytes.
+ * @idx: index.
+ * @host: host cluster index.
+ *
+ * Both counters only grow, so their sum is equal only if both are.
+ */
+u64 dedup_host_stamp(const struct dedup_index *idx, u64 host)
+{
+	return idx->changes + idx->host_changes[hash_64(host, DEDUP_STAMP_BITS)];
+}
+EXPORT_SYMBOL_IF_KUNIT(dedup_host_stamp);
 
 static size_t refs_bytes(u32 cap)
 {
@@ -580,7 +602,7 @@ void dedup_clear_done(struct dedup_index *idx, struct dedup_entry *e)
 		WRITE_ONCE(idx->nr_clears, idx->nr_clears - 1);
 	}
 	if (dedup_entry_state(e) == DEDUP_DEAD) {
-		idx->changes++;
+		note_change(idx, dedup_entry_host(e));
 		xa_erase(&idx->by_host, dedup_entry_host(e));
 		WRITE_ONCE(idx->dead, idx->dead - 1);
 		free_entry(idx, e);
@@ -634,7 +656,7 @@ void dedup_remove(struct dedup_index *idx, struct dedup_entry *e)
 
 	if (dedup_entry_state(e) == DEDUP_DEAD)
 		return;
-	idx->changes++;
+	note_change(idx, dedup_entry_host(e));
 	dedup_forget_slot(idx, e);
 	dedup_set_unverified(idx, e, false);
 	if (RB_EMPTY_NODE(&e->node)) {
@@ -771,7 +793,7 @@ EXPORT_SYMBOL_IF_KUNIT(dedup_drop_ref);
 /* Take @e out of the rbtree, give it the key of @digest, put it back. */
 static int set_key(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest)
 {
-	idx->changes++;
+	note_change(idx, dedup_entry_host(e));
 	if (RB_EMPTY_NODE(&e->node)) {
 		WRITE_ONCE(idx->unkeyed, idx->unkeyed - 1);
 		WRITE_ONCE(idx->entries, idx->entries + 1);

@@ -65,6 +65,10 @@
  */
 #define DEDUP_KEY_MAX	24
 
+/* Buckets of change stamps (see dedup_index.host_changes): 4 KiB. */
+#define DEDUP_STAMP_BITS	10
+#define DEDUP_STAMP_BUCKETS	BIT(DEDUP_STAMP_BITS)
+
 enum dedup_state {
 	DEDUP_WRITING,
 	DEDUP_READY,
@@ -181,11 +185,18 @@ struct dedup_index {
 	unsigned int key_len;
 	u64 limit_bytes;		/* 0: no limit */
 	/*
-	 * Bumped whenever an entry loses its key or its memory (removed,
-	 * re-keyed, freed): equal values around a wait prove that an entry
-	 * found before it is the same entry, for the same bytes, after it.
+	 * Change stamps (dedup_host_stamp()).  @host_changes[bucket of a
+	 * host cluster] is bumped whenever an entry of a host in that bucket
+	 * loses its key or its memory (removed, re-keyed, freed), @changes
+	 * when the whole index is emptied: equal stamps of a host around a
+	 * wait prove that an entry of that host found before it is the same
+	 * entry, for the same bytes, after it.  Per bucket, so that changes
+	 * to other clusters (1 in DEDUP_STAMP_BUCKETS of them share one) do
+	 * not make a wait look stale.  Neither goes down (a u32 bucket
+	 * wraps after 2^32 changes, which no read outlasts).
 	 */
 	u64 changes;
+	u32 host_changes[DEDUP_STAMP_BUCKETS];
 
 	/* Statistics: written by the worker, read anywhere (READ_ONCE). */
 	u64 entries;
@@ -253,6 +264,7 @@ int dedup_rekey(struct dedup_index *idx, struct dedup_entry *e, const u8 *digest
 void dedup_unverify_all(struct dedup_index *idx);
 bool dedup_below_ceiling(u64 rc, u32 refcount_order);
 bool dedup_is_zero(const void *buf, size_t len);
+u64 dedup_host_stamp(const struct dedup_index *idx, u64 host);
 
 /* Whether a digest match alone may share a cluster (else: verify first). */
 enum dedup_hash_verdict {

@@ -382,7 +382,7 @@ static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup
 	if (!op->vbuf)
 		return false;
 	op->verify_host = dedup_entry_host(e);
-	op->verify_changes = q->index.changes;
+	op->verify_stamp = dedup_host_stamp(&q->index, op->verify_host);
 	op->verify_state = VERIFY_READING;
 	op->verify_tries++;
 	op->verify_io_idx = qcow2dedup_io_hold(q);
@@ -404,9 +404,10 @@ static bool verify_async(struct qcow2dedup *q, struct qcow2_op *op, struct dedup
  *
  * The bytes are read asynchronously (SHARE_WAIT: @op comes back through
  * q->hashed and is decided again).  They still describe @e then if the
- * index changed nothing since (q->index.changes): @e was neither removed
- * nor re-keyed, so its cluster was neither freed nor rewritten (a cluster
- * is written in place only after its entry is removed or re-keyed).  A
+ * index changed nothing of its host's since (dedup_host_stamp()): @e was
+ * neither removed nor re-keyed, so its cluster was neither freed nor
+ * rewritten (a cluster is written in place only after its entry is
+ * removed or re-keyed).  A
  * read that cannot be trusted (verify_stale) is issued again, up to
  * VERIFY_ASYNC_TRIES reads in all; then, or with no buffer for the read,
  * the worker reads the bytes itself.  On SHARE_NO, @e may be gone.
@@ -427,7 +428,8 @@ static enum share_verdict may_share(struct qcow2dedup *q, struct qcow2_op *op,
 	if (!q->opt.verify && !dedup_entry_unverified(e))
 		return SHARE_YES;
 	if (op->verify_state == VERIFY_READ && !op->verify_err &&
-	    op->verify_host == dedup_entry_host(e) && op->verify_changes == q->index.changes) {
+	    op->verify_host == dedup_entry_host(e) &&
+	    op->verify_stamp == dedup_host_stamp(&q->index, op->verify_host)) {
 		data = op->vbuf;
 	} else {
 		if (op->verify_state == VERIFY_READ)

@@ -380,7 +380,7 @@ struct qcow2_op {
 	/*
 	 * Verify: the bytes of host cluster @verify_host read into @vbuf
 	 * while the worker went on (see may_share()), valid while the
-	 * index's changes count is still @verify_changes.  While the read
+	 * index's stamp for that host is still @verify_stamp.  While the read
 	 * is out the operation is on no list: verify_endio() requeues it.
 	 */
 	enum qcow2_verify_state {
@@ -393,7 +393,7 @@ struct qcow2_op {
 	int verify_io_idx;		/* its reader generation: qcow2dedup_io_hold() */
 	void *vbuf;
 	u64 verify_host;
-	u64 verify_changes;
+	u64 verify_stamp;		/* dedup_host_stamp() when it was issued */
 	/*
 	 * Read-modify-write: the old contents of a partial write's cluster
 	 * are read into @buf while the worker goes on (see

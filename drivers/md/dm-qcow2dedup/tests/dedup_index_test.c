@@ -7,6 +7,7 @@
  */
 #include <kunit/test.h>
 #include <kunit/visibility.h>
+#include <linux/hash.h>
 #include <linux/rbtree.h>
 #include <linux/rbtree_augmented.h>
 #include <linux/string.h>
@@ -693,12 +694,17 @@ static void changes_count(struct kunit *test)
 {
 	struct dedup_index *idx = test->priv;
 	struct dedup_entry *a, *b;
+	u64 sa, sb, other, first;
 	u8 d[DEDUP_KEY_MAX];
-	u64 c, first;
 	int writer;
 
+	/* Host 12 shares no stamp bucket with hosts 10 and 11. */
+	KUNIT_ASSERT_NE(test, hash_64(12, DEDUP_STAMP_BITS), hash_64(10, DEDUP_STAMP_BITS));
+	KUNIT_ASSERT_NE(test, hash_64(12, DEDUP_STAMP_BITS), hash_64(11, DEDUP_STAMP_BITS));
+	other = dedup_host_stamp(idx, 12);
 	digest_of(d, 1);
-	c = idx->changes;
+	sa = dedup_host_stamp(idx, 10);
+	sb = dedup_host_stamp(idx, 11);
 	KUNIT_ASSERT_EQ(test, dedup_insert_writing(idx, d, 10, &writer, &a), 0);
 	dedup_write_done(idx, a, 100);
 	digest_of(d, 2);
@@ -707,30 +713,39 @@ static void changes_count(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, dedup_key(idx, b, NULL), 0);
 	KUNIT_EXPECT_EQ(test, dedup_add_ref(idx, b, 102, &first, GFP_KERNEL), 1);
 	dedup_set_unverified(idx, b, false);
-	KUNIT_EXPECT_EQ(test, idx->changes, c);
+	KUNIT_EXPECT_EQ(test, dedup_host_stamp(idx, 10), sa);
+	KUNIT_EXPECT_EQ(test, dedup_host_stamp(idx, 11), sb);
 
 	/* Re-keyed (a slot that lied): its key changed. */
 	digest_of(d, 3);
 	KUNIT_ASSERT_EQ(test, dedup_rekey(idx, b, d), 0);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 1);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 11), sb);
+	sb = dedup_host_stamp(idx, 11);
 	/* Rewritten in place: a new key. */
 	digest_of(d, 4);
 	KUNIT_ASSERT_EQ(test, dedup_rekey_writing(idx, a, d, &writer), 0);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 2);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 10), sa);
+	sa = dedup_host_stamp(idx, 10);
 	dedup_write_done(idx, a, 100);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 2);
+	KUNIT_EXPECT_EQ(test, dedup_host_stamp(idx, 10), sa);
 	/* Removed with no slot on disk: freed at once. */
 	dedup_remove(idx, a);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 3);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 10), sa);
 	/* Removed, its slot still to zero: DEAD until it is, then freed. */
 	KUNIT_EXPECT_TRUE(test, dedup_host_clearing(idx, 11));
 	dedup_remove(idx, b);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 4);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 11), sb);
+	sb = dedup_host_stamp(idx, 11);
 	KUNIT_EXPECT_EQ(test, dedup_entry_state(b), DEDUP_DEAD);
 	dedup_clear_done(idx, b);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 5);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 11), sb);
+	/* None of it was host 12's. */
+	KUNIT_EXPECT_EQ(test, dedup_host_stamp(idx, 12), other);
+	/* Emptying the index changes every host's stamp. */
+	sa = dedup_host_stamp(idx, 10);
 	dedup_index_destroy(idx);
-	KUNIT_EXPECT_EQ(test, idx->changes, c + 6);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 10), sa);
+	KUNIT_EXPECT_NE(test, dedup_host_stamp(idx, 12), other);
 }
 
 static struct kunit_case dedup_index_cases[] = {
