@@ -1134,33 +1134,57 @@ out:
 }
 
 /*
- * Allocate a cluster (for metadata of the dedup table with @meta); if none
- * is free, commit staged frees and retry once.
+ * Allocate a cluster for metadata of the dedup table (@meta), or up to @max
+ * data clusters in a row; if none is free, commit staged frees and retry
+ * once.
  */
-static int alloc_cluster(struct qcow2dedup *q, u64 *host_off, bool meta)
+static int alloc_clusters(struct qcow2dedup *q, bool meta, unsigned int max,
+			  u64 *host_off, unsigned int *count)
 {
-	int (*alloc)(struct qcow2_metadata *md, u64 *host_off) =
-		meta ? qcow2_md_alloc_meta : qcow2_md_alloc;
+	bool committed = false;
 	int r;
 
 	qcow2dedup_assert_worker(q);
-	r = alloc(q->md, host_off);
-	if (r == -ENOSPC && qcow2_md_dirty(q->md)) {
+	for (;;) {
+		*count = 1;
+		r = meta ? qcow2_md_alloc_meta(q->md, host_off) :
+			   qcow2_md_alloc(q->md, max, host_off, count);
+		if (r != -ENOSPC || committed || !qcow2_md_dirty(q->md))
+			return r;
 		r = qcow2dedup_commit(q);
-		if (!r)
-			r = alloc(q->md, host_off);
+		if (r)
+			return r;
+		committed = true;
 	}
-	return r;
 }
 
 int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off)
 {
-	return alloc_cluster(q, host_off, false);
+	unsigned int count;
+
+	return alloc_clusters(q, false, 1, host_off, &count);
+}
+
+/**
+ * qcow2dedup_alloc_run() - allocate up to @max data clusters in a row.
+ * @q: target.
+ * @max: clusters wanted, >= 1.
+ * @host_off: the first one's byte offset.
+ * @count: clusters allocated (1 to @max).
+ *
+ * Return: as qcow2dedup_alloc().
+ */
+int qcow2dedup_alloc_run(struct qcow2dedup *q, unsigned int max, u64 *host_off,
+			 unsigned int *count)
+{
+	return alloc_clusters(q, false, max, host_off, count);
 }
 
 int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off)
 {
-	return alloc_cluster(q, host_off, true);
+	unsigned int count;
+
+	return alloc_clusters(q, true, 1, host_off, &count);
 }
 
 /* Make the L2 table of @guest_off writable; commit staged frees if full. */

@@ -841,6 +841,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("writes_cold %lld\n", (long long)atomic64_read(&q->writes_cold));
 	DMEMIT("writes_cold_inflight_max %u\n", READ_ONCE(q->writes_cold_inflight_max));
 	DMEMIT("write_runs %lld\n", (long long)atomic64_read(&q->write_runs));
+	DMEMIT("alloc_runs %lld\n", (long long)atomic64_read(&q->alloc_runs));
 	DMEMIT("hash %s\n", q->dedup ? q->opt.hash : "none");
 	DMEMIT("table_state %s\n", qcow2dedup_table_state(q));
 	DMEMIT("table_off %s\n", q->table.enabled ? "-" : q->table.off_reason ?: "-");

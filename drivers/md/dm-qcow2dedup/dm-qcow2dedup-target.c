@@ -29,9 +29,10 @@
  * so is a write in place under nodedup (clusters with COPIED set); every
  * other read or write is cut at the end of its first cluster with
  * dm_accept_partial_bio() (dm core maps the rest as a bio of its own), so
- * that from there on a bio touches one guest cluster.  Unallocated and zero
- * clusters complete with zeros, and writes to a cluster whose refcount is
- * one (COPIED) go there in place.  No max_io_len: it would also set the
+ * that from there on a bio touches one guest cluster, but for a write of
+ * whole new clusters under nodedup, which the worker takes as one bio.
+ * Unallocated and zero clusters complete with zeros, and writes to a
+ * cluster whose refcount is one (COPIED) go there in place.  No max_io_len: it would also set the
  * queue's chunk_sectors, and the block layer would cut every read at
  * every cluster before it reaches map().  Reads that miss the metadata
  * cache or hit a compressed cluster go to the read workqueue
@@ -68,6 +69,27 @@ static bool may_write_in_place(struct qcow2dedup *q, struct bio *bio, u64 host_o
 	return !dedup_host_indexed(&q->index, host_off >> q->geo->cluster_bits);
 }
 
+/*
+ * map(): how many whole clusters from its first a write of new data may
+ * keep, @type being the first's: under nodedup, a run of clusters with no
+ * old contents (unallocated or zero, in cached metadata) goes to the worker
+ * as one bio, which gives them host clusters in a row (process_run() in
+ * engine-worker.c).  One otherwise: with dedup each cluster is hashed on
+ * its own, and a FUA write waits for its commit as one cluster.
+ */
+static unsigned int new_run(struct qcow2dedup *q, struct bio *bio,
+			    enum qcow2_cluster_type type)
+{
+	u64 off = qcow2dedup_guest_offset(bio);
+	unsigned int whole = bio->bi_iter.bi_size >> q->geo->cluster_bits;
+
+	if (q->dedup || (bio->bi_opf & REQ_FUA) || whole < 2 ||
+	    qcow2_offset_in_cluster(q->geo, off) ||
+	    (type != QCOW2_CLUSTER_UNALLOCATED && type != QCOW2_CLUSTER_ZERO_PLAIN))
+		return 1;
+	return qcow2_md_zero_run(q->md, off, whole);
+}
+
 static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 {
 	struct qcow2dedup_c *c = ti->private;
@@ -75,6 +97,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	enum qcow2_mode mode = READ_ONCE(q->mode);
 	struct qcow2_l2e_info info;
 	enum qcow2_cluster_type type;
+	unsigned int keep;
 	unsigned long flags;
 	bool pending;
 	int idx, r;
@@ -151,8 +174,10 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 			   qcow2_offset_in_cluster(q->geo, qcow2dedup_guest_offset(bio)), idx);
 		return DM_MAPIO_REMAPPED;
 	}
+	/* The run's L2 block looked up under the hold, as the first cluster. */
+	keep = r ? 1 : new_run(q, bio, type);
 	qcow2dedup_io_unhold(q, idx);
-	qcow2dedup_accept_clusters(q, bio, 1);
+	qcow2dedup_accept_clusters(q, bio, keep);
 	/* Its L2 block first, on the read workqueue: the worker never waits. */
 	if (r == -EWOULDBLOCK)
 		qcow2dedup_defer_cold_write(q, bio);

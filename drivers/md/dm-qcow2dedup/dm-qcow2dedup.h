@@ -301,6 +301,7 @@ struct qcow2dedup {
 	atomic_t zeroes_in_place_inflight;
 	unsigned int zeroes_in_place_inflight_max;
 	atomic64_t write_runs;
+	atomic64_t alloc_runs;		/* nodedup: new clusters written in a row, one bio */
 	atomic64_t reads_compressed;
 	atomic64_t clusters_allocated;
 	atomic64_t cow_copies;
@@ -323,13 +324,13 @@ struct qcow2_bio {
 	struct work_struct read_work;	/* deferred reads, cold writes: @q->read_wq */
 	int io_idx;
 	bool io_held;
-	bool started;			/* discard: pieces counted from here */
-	atomic_t remaining;		/* write-zeroes pieces in flight + 1 */
+	bool started;			/* discard, run write: pieces counted from here */
+	atomic_t remaining;		/* pieces in flight + 1 (write-zeroes, run write) */
 	int zero_idx[2];		/* reader generations of the first and last
 					 * clusters' zeroing in place
 					 */
 	blk_status_t status;
-	u64 next;			/* discard: where the next slice starts */
+	u64 next;			/* discard, run write: where the next slice starts */
 };
 
 /*
@@ -356,8 +357,9 @@ static inline u64 qcow2dedup_guest_offset(struct bio *bio)
 }
 
 /*
- * A write of one whole cluster to a newly allocated host cluster, or (with
- * dedup) the decision where the new contents of a guest cluster go.
+ * A write of one cluster (or, under nodedup, of a run of whole clusters) to
+ * newly allocated host clusters, or (with dedup) the decision where the new
+ * contents of a guest cluster go.
  */
 struct qcow2_op {
 	struct rb_node node;		/* in @busy */
@@ -366,6 +368,15 @@ struct qcow2_op {
 	struct qcow2dedup *q;
 	u64 guest_cluster;
 	u64 host_off;
+	/*
+	 * Guest clusters [@guest_cluster, + @clusters) go to host clusters in
+	 * a row from @host_off; more than one only for a run of new whole
+	 * clusters under nodedup (process_run() in engine-worker.c), whose
+	 * mappings are staged one by one (@staged so far).
+	 */
+	u32 clusters;
+	u32 staged;
+	bool piece;			/* one of several of @bio (qcow2dedup_piece_done()) */
 	struct bio *bio;		/* the bio that started it */
 	struct bio_list waiters;	/* later bios for the same cluster */
 	void *buf;			/* buffered write, or NULL for a clone */
@@ -485,6 +496,8 @@ u64 qcow2dedup_table_dirty(struct qcow2dedup *q);
 void qcow2dedup_shared_copied(struct qcow2dedup *q, u64 host, u32 refs);
 int qcow2dedup_commit(struct qcow2dedup *q);
 int qcow2dedup_alloc(struct qcow2dedup *q, u64 *host_off);
+int qcow2dedup_alloc_run(struct qcow2dedup *q, unsigned int max, u64 *host_off,
+			 unsigned int *count);
 int qcow2dedup_alloc_meta(struct qcow2dedup *q, u64 *host_off);
 int qcow2dedup_prepare_write(struct qcow2dedup *q, u64 guest_off);
 int qcow2dedup_before_first_write(struct qcow2dedup *q);

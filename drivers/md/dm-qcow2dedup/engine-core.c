@@ -283,13 +283,19 @@ void qcow2dedup_copy_from_bio(struct qcow2dedup *q, struct bio *bio, void *data)
 	}
 }
 
-/* Operations in flight, by guest cluster: rb_find()/rb_add() helpers. */
+/*
+ * Operations in flight, by guest cluster: rb_find()/rb_add() helpers.  An
+ * operation covers [@guest_cluster, + @clusters); those of the tree never
+ * overlap, so their starts and ends are in the same order.
+ */
 static int op_cmp_key(const void *key, const struct rb_node *node)
 {
 	u64 gc = *(const u64 *)key;
-	u64 other = rb_entry(node, struct qcow2_op, node)->guest_cluster;
+	const struct qcow2_op *op = rb_entry(node, struct qcow2_op, node);
 
-	return gc < other ? -1 : gc > other;
+	if (gc < op->guest_cluster)
+		return -1;
+	return gc - op->guest_cluster >= op->clusters;
 }
 
 bool qcow2dedup_op_less(struct rb_node *a, const struct rb_node *b)
@@ -390,7 +396,7 @@ void qcow2dedup_write_buffer(struct qcow2dedup *q, struct qcow2_op *op)
 	dm_io(&req, 1, &region, NULL, IOPRIO_DEFAULT);
 }
 
-/* Complete one piece of a bio that may have several (write-zeroes). */
+/* Complete one piece of a bio that may have several (write-zeroes, run write). */
 void qcow2dedup_piece_done(struct bio *bio, blk_status_t status)
 {
 	struct qcow2_bio *p = qcow2dedup_pb(bio);
@@ -505,7 +511,7 @@ void qcow2dedup_op_release(struct qcow2dedup *q, struct qcow2_op *op,
 	qcow2dedup_assert_worker(q);
 
 	rb_erase(&op->node, &q->busy);
-	if (bio_op(op->bio) == REQ_OP_WRITE_ZEROES) {
+	if (op->piece) {
 		qcow2dedup_piece_done(op->bio, status);
 	} else if (status) {
 		op->bio->bi_status = status;
@@ -587,6 +593,8 @@ struct qcow2_op *qcow2dedup_op_new(struct qcow2dedup *q, struct bio *bio, u64 gc
 	q->nr_ops++;
 	op->q = q;
 	op->guest_cluster = gc;
+	op->clusters = 1;
+	op->piece = bio_op(bio) == REQ_OP_WRITE_ZEROES;
 	op->bio = bio;
 	bio_list_init(&op->waiters);
 	INIT_LIST_HEAD(&op->dup_waiters);

@@ -134,18 +134,204 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	}
 	if (!status && READ_ONCE(q->mode) != MODE_WRITE)
 		status = BLK_STS_IOERR;
-	r = status ? qcow2_md_release(q->md, op->host_off) :
-		     qcow2dedup_stage(q, guest_off, QCOW2_CLUSTER_NORMAL,
-				      op->host_off, true);
-	if (r == -ENOMEM) {
-		qcow2dedup_retry_op(q, op, &q->completed);
-		return;
-	}
-	if (r && !status) {
-		qcow2dedup_metadata_error(q, "update", r);
-		status = BLK_STS_IOERR;
+	/* One cluster after the other: a retry goes on where this stopped. */
+	for (; op->staged < op->clusters; op->staged++) {
+		u64 delta = (u64)op->staged << q->geo->cluster_bits;
+
+		r = status ? qcow2_md_release(q->md, op->host_off + delta) :
+			     qcow2dedup_stage(q, guest_off + delta, QCOW2_CLUSTER_NORMAL,
+					      op->host_off + delta, true);
+		if (r == -ENOMEM) {
+			op->status = status;
+			qcow2dedup_retry_op(q, op, &q->completed);
+			return;
+		}
+		if (r && !status) {
+			qcow2dedup_metadata_error(q, "update", r);
+			status = BLK_STS_IOERR;
+		}
 	}
 	qcow2dedup_op_release(q, op, status);
+}
+
+/* The first operation in flight on a guest cluster in [@first, @last]. */
+static struct qcow2_op *busy_in_range(struct qcow2dedup *q, u64 first, u64 last)
+{
+	struct rb_node *n = q->busy.rb_node;
+	struct qcow2_op *found = NULL;
+
+	while (n) {
+		struct qcow2_op *op = rb_entry(n, struct qcow2_op, node);
+
+		if (op->guest_cluster + op->clusters - 1 < first) {
+			n = n->rb_right;
+		} else {
+			found = op;
+			n = n->rb_left;
+		}
+	}
+	return found && found->guest_cluster <= last ? found : NULL;
+}
+
+/*
+ * Start a run of [@gc, + @n) whole guest clusters of run @bio (see
+ * process_run()) that do not need their old contents.  Sets *@n to the
+ * clusters started: at least one, as many as have free host clusters in a
+ * row.  Return: 0, -EAGAIN (nothing started: too many operations in flight
+ * or memory short) or an allocation error (its status in @*status).
+ */
+static int start_run(struct qcow2dedup *q, struct bio *bio, u64 gc,
+		     unsigned int *n, blk_status_t *status)
+{
+	u64 skip = (gc << q->geo->cluster_bits) - qcow2dedup_guest_offset(bio);
+	struct qcow2_op *op;
+	struct bio *clone;
+	int r;
+
+	op = qcow2dedup_op_new(q, bio, gc, false);
+	if (!op)
+		return -EAGAIN;
+	r = qcow2dedup_prepare_write(q, gc << q->geo->cluster_bits);
+	if (!r)
+		r = qcow2dedup_alloc_run(q, *n, &op->host_off, n);
+	if (r) {
+		qcow2dedup_op_free(q, op);
+		if (r == -ENOMEM) {
+			qcow2dedup_wait_memory(q);
+			return -EAGAIN;
+		}
+		*status = qcow2dedup_alloc_error(q, r);
+		return r;
+	}
+	op->clusters = *n;
+	op->piece = true;
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
+	atomic_inc(&qcow2dedup_pb(bio)->remaining);
+	atomic64_add(*n, &q->clusters_allocated);
+	if (*n > 1)
+		atomic64_inc(&q->alloc_runs);
+
+	/* Never fails: GFP_NOIO from the target's bioset. */
+	clone = bio_alloc_clone(q->bdev, bio, GFP_NOIO, &q->bs);
+	bio_trim(clone, skip >> SECTOR_SHIFT,
+		 ((u64)*n << q->geo->cluster_bits) >> SECTOR_SHIFT);
+	clone->bi_opf &= ~(REQ_FUA | REQ_PREFLUSH);
+	clone->bi_iter.bi_sector = op->host_off >> SECTOR_SHIFT;
+	clone->bi_end_io = qcow2dedup_clone_endio;
+	clone->bi_private = op;
+	submit_bio_noacct(clone);
+	return 0;
+}
+
+/*
+ * Worker: a write of several whole guest clusters under nodedup, which map()
+ * let through as one bio because none had old contents to keep (see
+ * qcow2dedup_map()).  They get host clusters in runs, each written with one
+ * clone of its part of @bio (an operation of its own, staged when written),
+ * so that a sequential write is not cut at every cluster.  What changed
+ * since map() looked does not matter: a whole cluster never needs its old
+ * contents, and one in flight makes the bio wait for it.
+ *
+ * As process_discard(), a bio that waits (for an operation in flight, for
+ * memory) goes on at qcow2dedup_pb(bio)->next, and completes when its last
+ * piece does.
+ * Return: 0, or -EAGAIN to be tried again later (the bio is kept).
+ */
+static int process_run(struct qcow2dedup *q, struct bio *bio)
+{
+	u32 cb = q->geo->cluster_bits;
+	u64 start = qcow2dedup_guest_offset(bio) >> cb;
+	u64 end = start + (bio->bi_iter.bi_size >> cb);
+	struct qcow2_bio *p = qcow2dedup_pb(bio);
+	struct qcow2_l2e_info info;
+	enum qcow2_cluster_type type;
+	blk_status_t status;
+	struct qcow2_op *op;
+	bool pending, cow;
+	unsigned int n;
+	u64 gc;
+	int r;
+
+	if (!p->started) {
+		if (READ_ONCE(q->mode) != MODE_WRITE) {
+			bio_io_error(bio);
+			return 0;
+		}
+		r = qcow2dedup_before_first_write(q);
+		if (r == -ENOMEM)
+			return -EAGAIN;
+		if (r) {
+			bio_io_error(bio);
+			return 0;
+		}
+		p->started = true;
+		p->q = q;
+		p->next = start << cb;
+		p->status = BLK_STS_OK;
+		atomic_set(&p->remaining, 1);
+	}
+	op = busy_in_range(q, p->next >> cb, end - 1);
+	if (op) {
+		bio_list_add(&op->waiters, bio);
+		return 0;
+	}
+	for (gc = p->next >> cb; gc < end; gc += n) {
+		/* One L2 table: qcow2dedup_prepare_write() made it writable. */
+		unsigned int max = min_t(u64, end - gc,
+					 BIT(q->geo->l2_bits) - qcow2_l2_index(q->geo, gc << cb));
+
+		if (READ_ONCE(q->mode) != MODE_WRITE) {
+			p->status = BLK_STS_IOERR;
+			break;
+		}
+		/*
+		 * A run of clusters without old data.  One that got data since
+		 * map() looked (a write that went before this bio) gets a new
+		 * cluster of its own, even with COPIED set: rare, and this
+		 * bio cannot be cut here.  Counted as a copy when its old
+		 * cluster is shared or compressed, as elsewhere.
+		 */
+		cow = false;
+		for (n = 0, r = 0; n < max; n++) {
+			r = qcow2_md_lookup(q->md, (gc + n) << cb, true, &type, &info, &pending);
+			if (r || type == QCOW2_CLUSTER_INVALID)
+				break;
+			if (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED) {
+				cow = !n && (type == QCOW2_CLUSTER_COMPRESSED || !info.copied);
+				n += !n;
+				break;
+			}
+		}
+		if (!n && r) {
+			qcow2dedup_metadata_error(q, "read", r);
+			p->status = BLK_STS_IOERR;
+			break;
+		}
+		if (!n) {
+			/* Refused, as a write of that cluster alone would be. */
+			DMERR_LIMIT("%s: corrupt L2 entry for guest offset %llu",
+				    qcow2dedup_dev_name(q), gc << cb);
+			p->status = BLK_STS_IOERR;
+			n = 1;
+			continue;
+		}
+		status = BLK_STS_IOERR;
+		r = start_run(q, bio, gc, &n, &status);
+		if (r == -EAGAIN) {
+			p->next = gc << cb;
+			return -EAGAIN;
+		}
+		if (r) {
+			p->status = status;
+			break;
+		}
+		if (cow)
+			atomic64_inc(&q->cow_copies);
+		cond_resched();
+	}
+	p->next = end << cb;
+	qcow2dedup_piece_done(bio, BLK_STS_OK);
+	return 0;
 }
 
 /* Worker: a write of one cluster or part of it.  Returns -EAGAIN to retry later. */
@@ -164,6 +350,9 @@ static int process_write(struct qcow2dedup *q, struct bio *bio, bool barrier_don
 	bool pending;
 	int idx, r;
 
+	/* Whole clusters without old contents, let through together by map(). */
+	if (qcow2dedup_bio_clusters(q, bio) > 1)
+		return process_run(q, bio);
 	if (READ_ONCE(q->mode) != MODE_WRITE)
 		goto fail;
 	r = qcow2dedup_before_first_write(q);
@@ -232,25 +421,6 @@ fail:
 	bio->bi_status = status;
 	bio_endio(bio);
 	return 0;
-}
-
-/* The first operation in flight on a guest cluster in [@first, @last]. */
-static struct qcow2_op *busy_in_range(struct qcow2dedup *q, u64 first, u64 last)
-{
-	struct rb_node *n = q->busy.rb_node;
-	struct qcow2_op *found = NULL;
-
-	while (n) {
-		struct qcow2_op *op = rb_entry(n, struct qcow2_op, node);
-
-		if (op->guest_cluster < first) {
-			n = n->rb_right;
-		} else {
-			found = op;
-			n = n->rb_left;
-		}
-	}
-	return found && found->guest_cluster <= last ? found : NULL;
 }
 
 /*

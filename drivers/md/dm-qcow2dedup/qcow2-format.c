@@ -635,6 +635,29 @@ u64 qcow2_refcount_find_free(const void *block, u32 refcount_order, u64 start,
 EXPORT_SYMBOL_IF_KUNIT(qcow2_refcount_find_free);
 
 /**
+ * qcow2_refcount_free_run() - how many refcounts from @start on are zero:
+ *	the free clusters a run allocation can take after a first one.
+ * @block: as for qcow2_refcount_get().
+ * @refcount_order: log2 of the refcount width in bits, 0..6.
+ * @start: first index to look at.
+ * @end: index after the last one that may be taken.
+ * @max: refcounts wanted at most.
+ *
+ * Return: 0 to min(@max, @end - @start).
+ */
+u64 qcow2_refcount_free_run(const void *block, u32 refcount_order, u64 start,
+			    u64 end, u64 max)
+{
+	u64 i;
+
+	for (i = start; i < end && i - start < max; i++)
+		if (qcow2_refcount_get(block, refcount_order, i))
+			break;
+	return i - start;
+}
+EXPORT_SYMBOL_IF_KUNIT(qcow2_refcount_free_run);
+
+/**
  * qcow2_reftable_growth() - where and how big a grown refcount table goes.
  * @g: geometry.
  * @old_entries: entries of the current table.

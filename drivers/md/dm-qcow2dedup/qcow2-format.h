@@ -188,6 +188,8 @@ u64 qcow2_refcount_get(const void *block, u32 refcount_order, u64 index);
 void qcow2_refcount_set(void *block, u32 refcount_order, u64 index, u64 value);
 u64 qcow2_refcount_find_free(const void *block, u32 refcount_order, u64 start,
 			     u64 end);
+u64 qcow2_refcount_free_run(const void *block, u32 refcount_order, u64 start,
+			    u64 end, u64 max);
 u64 qcow2_reftable_clusters_for(const struct qcow2_geometry *g, u64 clusters);
 int qcow2_reftable_growth(const struct qcow2_geometry *g, u64 old_entries,
 			  u64 dev_clusters, u64 block_index, u64 *first,

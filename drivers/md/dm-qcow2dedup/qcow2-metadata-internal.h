@@ -89,7 +89,8 @@ int qcow2_rc_load(struct qcow2_metadata *md);
 int qcow2_rc_get(struct qcow2_metadata *md, u64 cluster, u64 *rc);
 int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
 		    u64 *new_rc);
-int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta);
+int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta, u64 max,
+		   u64 *count);
 int qcow2_rc_write_header(struct qcow2_metadata *md, u32 field_off,
 			  const void *val, u32 len);
 

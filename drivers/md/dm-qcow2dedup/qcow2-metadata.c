@@ -861,7 +861,7 @@ static int stage_decrement(struct qcow2_metadata *md, u64 cluster)
  */
 int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 {
-	u64 i = qcow2_l1_index(&md->geo, guest_off), l1e, old, c;
+	u64 i = qcow2_l1_index(&md->geo, guest_off), l1e, old, c, n;
 	int r;
 
 	if (xa_load(&md->pending_l1, i))
@@ -874,7 +874,7 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 	if (!r && old)
 		r = xa_reserve(&md->decrements, old >> md->geo.cluster_bits, MD_GFP);
 	if (!r)
-		r = qcow2_rc_alloc(md, &c, true);
+		r = qcow2_rc_alloc(md, &c, true, 1, &n);
 	if (r) {
 		xa_release(&md->pending_l1, i);
 		if (old)
@@ -900,19 +900,24 @@ int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off)
 }
 
 /**
- * qcow2_md_alloc() - allocate a data cluster (refcount 0 -> 1).
+ * qcow2_md_alloc() - allocate data clusters in a row (refcount 0 -> 1).
  * @md: metadata.
- * @host_off: its byte offset.
+ * @max: clusters wanted, >= 1.
+ * @host_off: the first one's byte offset.
+ * @count: clusters allocated, 1 to @max (see qcow2_rc_alloc()).
  *
  * Return: 0, -ENOSPC, or an I/O error.
  */
-int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off)
+int qcow2_md_alloc(struct qcow2_metadata *md, unsigned int max, u64 *host_off,
+		   unsigned int *count)
 {
-	u64 c;
-	int r = qcow2_rc_alloc(md, &c, false);
+	u64 c, n;
+	int r = qcow2_rc_alloc(md, &c, false, max, &n);
 
-	if (!r)
+	if (!r) {
 		*host_off = c << md->geo.cluster_bits;
+		*count = n;
+	}
 	return r;
 }
 
@@ -927,8 +932,8 @@ int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off)
  */
 int qcow2_md_alloc_meta(struct qcow2_metadata *md, u64 *host_off)
 {
-	u64 c;
-	int r = qcow2_rc_alloc(md, &c, true);
+	u64 c, n;
+	int r = qcow2_rc_alloc(md, &c, true, 1, &n);
 
 	if (!r)
 		*host_off = c << md->geo.cluster_bits;

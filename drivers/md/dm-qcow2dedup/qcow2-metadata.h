@@ -48,7 +48,8 @@ int qcow2_md_read_bytes(struct qcow2_metadata *md, u64 off, void *buf,
 
 int qcow2_md_clear_autoclear(struct qcow2_metadata *md);
 int qcow2_md_prepare_write(struct qcow2_metadata *md, u64 guest_off);
-int qcow2_md_alloc(struct qcow2_metadata *md, u64 *host_off);
+int qcow2_md_alloc(struct qcow2_metadata *md, unsigned int max, u64 *host_off,
+		   unsigned int *count);
 int qcow2_md_alloc_meta(struct qcow2_metadata *md, u64 *host_off);
 int qcow2_md_release(struct qcow2_metadata *md, u64 host_off);
 int qcow2_md_stage(struct qcow2_metadata *md, u64 guest_off,

@@ -234,25 +234,65 @@ int qcow2_rc_update(struct qcow2_metadata *md, u64 cluster, s64 delta,
 	return 0;
 }
 
+/*
+ * Take [@c, @c + @n), free clusters of the dm-bufio block @data of @b (held),
+ * the first at @idx: refcount 0 -> 1.  Sets *@n to the clusters taken (the
+ * run ends before a metadata cluster: corrupt, refused by the allocation
+ * that starts there).
+ */
+static int take_run(struct qcow2_metadata *md, struct dm_buffer *b, void *data,
+		    u64 idx, u64 c, u64 *n, bool meta)
+{
+	unsigned long next = c;
+	u64 i;
+	int r;
+
+	if (qcow2_md_is_meta(md, c)) {
+		DMERR_LIMIT("metadata cluster %llu has refcount 0: corrupt", c);
+		return -EUCLEAN;
+	}
+	if (*n > 1 && !xa_empty(&md->meta) &&
+	    xa_find(&md->meta, &next, c + *n - 1, XA_PRESENT))
+		*n = next - c;
+	/* Noted before it is counted: -ENOMEM changes nothing. */
+	if (meta) {
+		r = qcow2_md_meta_note(md, c);
+		if (r)
+			return r;
+	}
+	for (i = 0; i < *n; i++)
+		qcow2_refcount_set(data, md->geo.refcount_order, idx + i, 1);
+	dm_bufio_mark_buffer_dirty(b);
+	md->used_clusters += *n;
+	md->free_hint = c + *n;
+	return 0;
+}
+
 /**
- * qcow2_rc_alloc() - allocate a free cluster (refcount 0 -> 1).
+ * qcow2_rc_alloc() - allocate free clusters in a row (refcount 0 -> 1).
  * @md: metadata.
- * @cluster: the cluster's index.
- * @meta: it will hold metadata: noted in @md->meta (qcow2_md_is_meta()).
+ * @cluster: the first cluster's index.
+ * @meta: one cluster that will hold metadata: noted in @md->meta
+ *	(qcow2_md_is_meta()).
+ * @max: clusters wanted, >= 1 (1 with @meta).
+ * @count: clusters allocated, 1 to @max: the free ones after the first
+ *	in the same dm-bufio block of refcounts.
  *
  * Scans from a hint that follows the last allocation and is moved back by
- * frees, so freed space is reused first.
+ * frees, so freed space is reused first.  A run lets a write of several new
+ * clusters go to the device as one bio.
  *
  * Return: 0, -ENOSPC when no cluster of the device is free, or an error.
  */
-int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta)
+int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta, u64 max,
+		   u64 *count)
 {
 	u64 per_block = BIT_ULL(rb_block_bits(md));
 	u64 scanned = 0, c = md->free_hint;
 	int r;
 
 	while (scanned < md->dev_clusters) {
-		u64 refblock, idx, end, i;
+		u64 refblock, idx, end, i, n;
 		struct dm_buffer *b;
 		void *data;
 
@@ -271,27 +311,20 @@ int qcow2_rc_alloc(struct qcow2_metadata *md, u64 *cluster, bool meta)
 			return PTR_ERR(data);
 		end = min(per_block, idx + (md->dev_clusters - c));
 		i = qcow2_refcount_find_free(data, md->geo.refcount_order, idx, end);
-		dm_bufio_release(b);
 		scanned += i - idx;
 		c += i - idx;
 		if (i < end) {
-			if (qcow2_md_is_meta(md, c)) {
-				DMERR_LIMIT("metadata cluster %llu has refcount 0: corrupt", c);
-				return -EUCLEAN;
-			}
-			/* Noted before it is counted: -ENOMEM changes nothing. */
-			if (meta) {
-				r = qcow2_md_meta_note(md, c);
-				if (r)
-					return r;
-			}
-			r = set_rc(md, refblock, c, 0, 1);
+			n = meta ? 1 : 1 + qcow2_refcount_free_run(data, md->geo.refcount_order,
+								    i + 1, end, max - 1);
+			r = take_run(md, b, data, i, c, &n, meta);
+			dm_bufio_release(b);
 			if (r)
 				return r;
 			*cluster = c;
-			md->free_hint = c + 1;
+			*count = n;
 			return 0;
 		}
+		dm_bufio_release(b);
 	}
 	return -ENOSPC;
 }

@@ -105,6 +105,34 @@ static void find_free(struct kunit *test)
 	}
 }
 
+/* The free clusters a run allocation may take after its first. */
+static void free_run(struct kunit *test)
+{
+	u8 *block = kunit_kzalloc(test, BLOCK, GFP_KERNEL);
+	u32 order;
+
+	KUNIT_ASSERT_NOT_NULL(test, block);
+	for (order = 0; order <= QCOW2_MAX_REFCOUNT_ORDER; order++) {
+		u64 n = (BLOCK * 8) >> order;
+
+		memset(block, 0, BLOCK);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 0, n, n), n);
+		/* @max bounds it, and so does @end (the device's end). */
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 3, n, 7), 7ULL);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 3, 5, 7), 2ULL);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 5, 5, 7), 0ULL);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 3, n, 0), 0ULL);
+		/* A used cluster ends the run, whatever its refcount. */
+		qcow2_refcount_set(block, order, 9, 1);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 3, n, n), 6ULL);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 9, n, n), 0ULL);
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 10, n, 4), 4ULL);
+		/* The highest refcount of the width, in the last entry. */
+		qcow2_refcount_set(block, order, n - 1, qcow2_refcount_max(order));
+		KUNIT_EXPECT_EQ(test, qcow2_refcount_free_run(block, order, 10, n, n), n - 11);
+	}
+}
+
 static void geometry(struct qcow2_geometry *g, u32 cb, u32 order)
 {
 	memset(g, 0, sizeof(*g));
@@ -211,6 +239,7 @@ static struct kunit_case qcow2_encode_cases[] = {
 	KUNIT_CASE(refcount_all_orders),
 	KUNIT_CASE(refcount_ceiling_and_layout),
 	KUNIT_CASE(find_free),
+	KUNIT_CASE(free_run),
 	KUNIT_CASE(entry_encoding),
 	KUNIT_CASE(compressed_range),
 	KUNIT_CASE(reftable_arithmetic),
