@@ -126,9 +126,12 @@ static void print_text(const char *name, const char *image, const char *status,
 	v = STAT("rebuild_progress", f);
 	if (strcmp(v, "100"))
 		printf("%-17s %s%% done\n", "Rebuild", v);
+	else if (!num(STAT("rebuild_runs", f)))
+		printf("%-17s none since activation\n", "Rebuild");
 	else
-		printf("%-17s none running (%s since activation)\n", "Rebuild",
-		       STAT("rebuild_runs", f));
+		printf("%-17s none running (%s since activation, the last took %.1f s)\n",
+		       "Rebuild", STAT("rebuild_runs", f),
+		       num(STAT("rebuild_us", g)) / 1e6);
 }
 
 static void print_json(const char *name, const char *image, const char *status,

@@ -102,6 +102,8 @@ void qcow2dedup_rebuild_reset(struct qcow2dedup *q)
 
 	if (!rb)
 		return;
+	if (rb->active && !rb->ended_ns)
+		WRITE_ONCE(rb->ended_ns, ktime_get_ns());
 	WRITE_ONCE(rb->active, false);
 	WRITE_ONCE(rb->requested, false);
 	drop_batches(rb);
@@ -206,13 +208,17 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 	xa_for_each(&q->index.by_host, host, e)
 		if (dedup_entry_state(e) == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
+	WRITE_ONCE(rb->ended_ns, ktime_get_ns());
+	if (!rb->scan_ns)
+		WRITE_ONCE(rb->scan_ns, rb->ended_ns - rb->started_ns);
 	WRITE_ONCE(rb->active, false);
 	if (READ_ONCE(rb->quiet))
 		return;
 	DMINFO("%s: index rebuild %s, %llu ms (scan %llu): %llu hashed, %llu indexed, %llu COPIED",
 	       qcow2dedup_dev_name(q), how,
-	       div_u64(ktime_get_ns() - rb->started_ns, NSEC_PER_MSEC),
-	       div_u64(rb->scan_ns, NSEC_PER_MSEC), rb->hashed, rb->indexed, rb->copied_fixed);
+	       div_u64(qcow2dedup_rebuild_us(q, false), USEC_PER_MSEC),
+	       div_u64(qcow2dedup_rebuild_us(q, true), USEC_PER_MSEC),
+	       rb->hashed, rb->indexed, rb->copied_fixed);
 }
 
 /* Worker: one guest cluster of the scan, looked up. */
@@ -319,7 +325,7 @@ static int scan_end(struct qcow2dedup *q)
 	qcow2dedup_wait_for_readers(q);
 	rb->phase = REBUILD_HASH;
 	rb->next_host = 0;
-	rb->scan_ns = ktime_get_ns() - rb->started_ns;
+	WRITE_ONCE(rb->scan_ns, ktime_get_ns() - rb->started_ns);
 	return 0;
 }
 
@@ -410,8 +416,9 @@ void qcow2dedup_rebuild_step(struct qcow2dedup *q)
 		rb->hashed = 0;
 		rb->indexed = 0;
 		rb->copied_fixed = 0;
-		rb->started_ns = ktime_get_ns();
-		rb->scan_ns = 0;
+		WRITE_ONCE(rb->started_ns, ktime_get_ns());
+		WRITE_ONCE(rb->ended_ns, 0);
+		WRITE_ONCE(rb->scan_ns, 0);
 		rb->runs++;
 		WRITE_ONCE(rb->active, true);
 		r = qcow2dedup_table_rebuilding(q);
@@ -497,4 +504,26 @@ unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q)
 		return div64_u64(READ_ONCE(rb->next_gc) * 50, rb->end_gc);
 	c = READ_ONCE(rb->candidates);
 	return 50 + (c ? div64_u64(min(READ_ONCE(rb->hashed), c) * 49, c) : 49);
+}
+
+/**
+ * qcow2dedup_rebuild_us() - the last rebuild's duration in microseconds
+ *	(so far, while it runs), or that of its scan of the L1 (0 until the
+ *	scan is over).
+ * @q: target; any context (the fields are read once each, so a rebuild
+ *	starting meanwhile can make one reading mix two runs: a statistic).
+ * @scan: the scan's share.
+ */
+u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, bool scan)
+{
+	struct qcow2dedup_rebuild *rb = q->rebuild;
+	u64 start, end;
+
+	if (!rb || !READ_ONCE(rb->runs))
+		return 0;
+	if (scan)
+		return div_u64(READ_ONCE(rb->scan_ns), NSEC_PER_USEC);
+	start = READ_ONCE(rb->started_ns);
+	end = READ_ONCE(rb->ended_ns) ?: ktime_get_ns();
+	return end > start ? div_u64(end - start, NSEC_PER_USEC) : 0;
 }

@@ -857,6 +857,8 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("rebuild_indexed %llu\n", q->rebuild ? READ_ONCE(q->rebuild->indexed) : 0);
 	DMEMIT("rebuild_copied %llu\n", q->rebuild ? READ_ONCE(q->rebuild->copied_fixed) : 0);
 	DMEMIT("rebuild_runs %llu\n", q->rebuild ? READ_ONCE(q->rebuild->runs) : 0);
+	DMEMIT("rebuild_us %llu\n", qcow2dedup_rebuild_us(q, false));
+	DMEMIT("rebuild_scan_us %llu\n", qcow2dedup_rebuild_us(q, true));
 	DMEMIT("mode %s\n", q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] :
 		"read-only");
 	return 1;

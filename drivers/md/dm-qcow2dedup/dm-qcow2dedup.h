@@ -161,7 +161,8 @@ struct qcow2dedup_rebuild {
 	u64 indexed;
 	u64 copied_fixed;		/* COPIED flags the scan restored */
 	u64 started_ns;
-	u64 scan_ns;			/* the scan's share of started_ns.. */
+	u64 ended_ns;			/* 0 while the rebuild runs */
+	u64 scan_ns;			/* the scan's share of started_ns..ended_ns */
 	u64 runs;
 	unsigned int max_items;		/* per batch: REBUILD_BATCH_BYTES of clusters */
 	struct qcow2dedup *q;
@@ -510,6 +511,7 @@ void qcow2dedup_rebuild_rehash(struct qcow2dedup *q);
 void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);
+u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, bool scan);
 
 /* dedup-write.c */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);

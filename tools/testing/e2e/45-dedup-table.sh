@@ -92,6 +92,10 @@ for kv in index_entries:192 dedup_hits:128 zero_clusters:16 clusters_allocated:1
 	want_stat act1.stats "${kv%:*}" -eq "${kv#*:}"
 done
 want_stat act1.stats hash = sha256
+# The rebuild's time, and its scan's share of it.
+want_stat act1.stats rebuild_us -gt 0
+want_stat act1.stats rebuild_scan_us -gt 0
+want_stat act1.stats rebuild_scan_us -le "$(awk '$1 == "rebuild_us" { print $2 }' act1.stats)"
 agree act1
 "$TOOL" info --json img.qcow2 >info1.json
 python3 - info1.json <<'PY' || fail "act 1: qcow2dedup info: see above"
@@ -146,6 +150,8 @@ for kv in table_loaded:192 table_entries:192 index_entries:192 rebuild_runs:0 ta
 done
 want_stat act2-start.stats table_state = clean
 want_stat act2-start.stats rebuild_progress -eq 100
+want_stat act2-start.stats rebuild_us -eq 0
+want_stat act2-start.stats rebuild_scan_us -eq 0
 [ "$(awk '{ print $16 }' act2-start.status)" = clean ] || fail "act 2: status field 16 is not 'clean': $(cat act2-start.status)"
 for kv in dedup_hits:128 clusters_allocated:0 index_entries:192 rebuild_runs:0; do
 	want_stat act2.stats "${kv%:*}" -eq "${kv#*:}"
@@ -205,6 +211,7 @@ for kv in rebuild_runs:1 rebuild_hashed:192 rebuild_indexed:192 index_entries:19
 	want_stat act3-rebuilt.stats "${kv%:*}" -eq "${kv#*:}"
 done
 want_stat act3-rebuilt.stats rebuild_progress -eq 100
+want_stat act3-rebuilt.stats rebuild_us -gt 0
 for kv in dedup_hits:64 clusters_allocated:0 index_entries:192 rebuild_runs:1; do
 	want_stat act3u.stats "${kv%:*}" -eq "${kv#*:}"
 done

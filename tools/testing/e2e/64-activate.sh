@@ -185,6 +185,13 @@ line("Saved by dedup", re.escape("4.0 MiB (%d%%)" % j["saving_percent"]))
 line("Mode", "write")
 line("Virtual size", re.escape("32.0 MiB"))
 line("Index", "%s entries, .* of .*" % msg["index_entries"])
+runs = int(msg["rebuild_runs"])
+if msg["rebuild_progress"] == "100" and "rebuild_us" not in moved:
+    if runs:
+        line("Rebuild", re.escape("none running (%d since activation, the last took %.1f s)"
+                                  % (runs, int(msg["rebuild_us"]) / 1e6)))
+    else:
+        line("Rebuild", "none since activation")
 PY
 qcheck img.qcow2
 qemu-img compare -q -f raw -F qcow2 exp.raw img.qcow2 || fail "content differs"
