@@ -79,6 +79,19 @@ void qcow2dedup_rebuild_free(struct qcow2dedup *q)
 	q->rebuild = NULL;
 }
 
+/*
+ * Worker: the rebuild is over (done, failed or reset): its time stops, and
+ * a rebuild that never reached its hashing spent all of it scanning.
+ */
+static void stop_clock(struct qcow2dedup_rebuild *rb)
+{
+	u64 now = ktime_get_ns();
+
+	if (!rb->scan_ns)
+		WRITE_ONCE(rb->scan_ns, now - rb->started_ns);
+	WRITE_ONCE(rb->ended_ns, now);
+}
+
 /* Forget the batches (quiesced: none is out). */
 static void drop_batches(struct qcow2dedup_rebuild *rb)
 {
@@ -102,8 +115,8 @@ void qcow2dedup_rebuild_reset(struct qcow2dedup *q)
 
 	if (!rb)
 		return;
-	if (rb->active && !rb->ended_ns)
-		WRITE_ONCE(rb->ended_ns, ktime_get_ns());
+	if (rb->active)
+		stop_clock(rb);
 	WRITE_ONCE(rb->active, false);
 	WRITE_ONCE(rb->requested, false);
 	drop_batches(rb);
@@ -201,6 +214,7 @@ static void apply_batch(struct qcow2dedup *q, struct qcow2dedup_rebuild_batch *b
 static void rebuild_end(struct qcow2dedup *q, const char *how)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
+	u64 total_us, scan_us;
 	struct dedup_entry *e;
 	unsigned long host;
 
@@ -208,17 +222,14 @@ static void rebuild_end(struct qcow2dedup *q, const char *how)
 	xa_for_each(&q->index.by_host, host, e)
 		if (dedup_entry_state(e) == DEDUP_UNKEYED)
 			dedup_remove(&q->index, e);
-	WRITE_ONCE(rb->ended_ns, ktime_get_ns());
-	if (!rb->scan_ns)
-		WRITE_ONCE(rb->scan_ns, rb->ended_ns - rb->started_ns);
+	stop_clock(rb);
 	WRITE_ONCE(rb->active, false);
 	if (READ_ONCE(rb->quiet))
 		return;
+	total_us = qcow2dedup_rebuild_us(q, &scan_us);
 	DMINFO("%s: index rebuild %s, %llu ms (scan %llu): %llu hashed, %llu indexed, %llu COPIED",
-	       qcow2dedup_dev_name(q), how,
-	       div_u64(qcow2dedup_rebuild_us(q, false), USEC_PER_MSEC),
-	       div_u64(qcow2dedup_rebuild_us(q, true), USEC_PER_MSEC),
-	       rb->hashed, rb->indexed, rb->copied_fixed);
+	       qcow2dedup_dev_name(q), how, div_u64(total_us, USEC_PER_MSEC),
+	       div_u64(scan_us, USEC_PER_MSEC), rb->hashed, rb->indexed, rb->copied_fixed);
 }
 
 /* Worker: one guest cluster of the scan, looked up. */
@@ -507,23 +518,32 @@ unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q)
 }
 
 /**
- * qcow2dedup_rebuild_us() - the last rebuild's duration in microseconds
- *	(so far, while it runs), or that of its scan of the L1 (0 until the
- *	scan is over).
- * @q: target; any context (the fields are read once each, so a rebuild
- *	starting meanwhile can make one reading mix two runs: a statistic).
- * @scan: the scan's share.
+ * qcow2dedup_rebuild_us() - how long the last rebuild took, wall clock,
+ *	suspensions included (so far, while it runs).
+ * @q: target; any context.
+ * @scan_us: the share of its scan of the L2 tables (0 until the scan is over; all
+ *	of it for a rebuild stopped while scanning).
+ *
+ * Return: microseconds; 0 when no rebuild ran since activation.  The fields
+ * are read once each, without the worker's exclusion: a rebuild starting
+ * meanwhile can mix two runs, and @scan_us is capped so that it never
+ * exceeds the total.
  */
-u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, bool scan)
+u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, u64 *scan_us)
 {
 	struct qcow2dedup_rebuild *rb = q->rebuild;
-	u64 start, end;
+	u64 start, end, scan, total;
 
-	if (!rb || !READ_ONCE(rb->runs))
+	*scan_us = 0;
+	if (!rb)
 		return 0;
-	if (scan)
-		return div_u64(READ_ONCE(rb->scan_ns), NSEC_PER_USEC);
+	/* A start not yet seen (or none): nothing to report. */
 	start = READ_ONCE(rb->started_ns);
+	if (!start)
+		return 0;
+	scan = READ_ONCE(rb->scan_ns);
 	end = READ_ONCE(rb->ended_ns) ?: ktime_get_ns();
-	return end > start ? div_u64(end - start, NSEC_PER_USEC) : 0;
+	total = end > start ? div_u64(end - start, NSEC_PER_USEC) : 0;
+	*scan_us = min(div_u64(scan, NSEC_PER_USEC), total);
+	return total;
 }

@@ -799,6 +799,7 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 {
 	const struct dedup_index *idx = &q->index;
 	u64 entries = READ_ONCE(idx->entries), shared = READ_ONCE(idx->shared);
+	u64 rebuild_us, rebuild_scan_us;
 	unsigned int sz = 0;
 
 	DMEMIT("clusters_written %lld\n", (long long)atomic64_read(&q->clusters_written));
@@ -857,8 +858,9 @@ int qcow2dedup_stats(struct qcow2dedup *q, char *result, unsigned int maxlen)
 	DMEMIT("rebuild_indexed %llu\n", q->rebuild ? READ_ONCE(q->rebuild->indexed) : 0);
 	DMEMIT("rebuild_copied %llu\n", q->rebuild ? READ_ONCE(q->rebuild->copied_fixed) : 0);
 	DMEMIT("rebuild_runs %llu\n", q->rebuild ? READ_ONCE(q->rebuild->runs) : 0);
-	DMEMIT("rebuild_us %llu\n", qcow2dedup_rebuild_us(q, false));
-	DMEMIT("rebuild_scan_us %llu\n", qcow2dedup_rebuild_us(q, true));
+	rebuild_us = qcow2dedup_rebuild_us(q, &rebuild_scan_us);
+	DMEMIT("rebuild_us %llu\n", rebuild_us);
+	DMEMIT("rebuild_scan_us %llu\n", rebuild_scan_us);
 	DMEMIT("mode %s\n", q->writable ? qcow2dedup_mode_names[READ_ONCE(q->mode)] :
 		"read-only");
 	return 1;

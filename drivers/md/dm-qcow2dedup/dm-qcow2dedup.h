@@ -511,7 +511,7 @@ void qcow2dedup_rebuild_rehash(struct qcow2dedup *q);
 void qcow2dedup_rebuild_start(struct qcow2dedup *q, bool quiet);
 void qcow2dedup_rebuild_step(struct qcow2dedup *q);
 unsigned int qcow2dedup_rebuild_progress(struct qcow2dedup *q);
-u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, bool scan);
+u64 qcow2dedup_rebuild_us(struct qcow2dedup *q, u64 *scan_us);
 
 /* dedup-write.c */
 int qcow2dedup_dedup_ctr(struct qcow2dedup *q, struct dm_target *ti);
