@@ -30,7 +30,8 @@
  * other read or write is cut at the end of its first cluster with
  * dm_accept_partial_bio() (dm core maps the rest as a bio of its own), so
  * that from there on a bio touches one guest cluster, but for a write of
- * whole new clusters under nodedup, which the worker takes as one bio.
+ * whole new clusters under nodedup, or of whole clusters whose L2 block is
+ * not cached, which the worker takes as one bio (new_run()).
  * Unallocated and zero clusters complete with zeros, and writes to a
  * cluster whose refcount is one (COPIED) go there in place.  No max_io_len: it would also set the
  * queue's chunk_sectors, and the block layer would cut every read at
@@ -70,22 +71,31 @@ static bool may_write_in_place(struct qcow2dedup *q, struct bio *bio, u64 host_o
 }
 
 /*
- * map(): how many whole clusters from its first a write of new data may
- * keep, @type being the first's: under nodedup, a run of clusters with no
- * old contents (unallocated or zero, in cached metadata) goes to the worker
- * as one bio, which gives them host clusters in a row (process_run() in
- * engine-worker.c).  One otherwise: with dedup each cluster is hashed on
- * its own, and a FUA write waits for its commit as one cluster.
+ * map(): how many whole clusters from its first a write the worker gets may
+ * keep, @r and @type being what the lookup of the first found.  Under
+ * nodedup, a run of clusters with no old contents (unallocated or zero, in
+ * cached metadata) goes to the worker as one bio, which gives them host
+ * clusters in a row (process_run() in engine-worker.c); so do the clusters
+ * of an L2 block that is not cached (-EWOULDBLOCK), whatever they hold:
+ * the worker looks at each once the block is read, and writes rows of
+ * COPIED ones in place.  (Cut at every cluster instead, each cluster of a
+ * cold write reached the worker on its own, in the order the read
+ * workqueue finished them: on SMP, a sequential write landed in pieces
+ * all over the host.)  One cluster otherwise: with dedup each cluster is
+ * hashed on its own, and a FUA write waits for its commit as one cluster.
  */
-static unsigned int new_run(struct qcow2dedup *q, struct bio *bio,
+static unsigned int new_run(struct qcow2dedup *q, struct bio *bio, int r,
 			    enum qcow2_cluster_type type)
 {
 	u64 off = qcow2dedup_guest_offset(bio);
 	unsigned int whole = bio->bi_iter.bi_size >> q->geo->cluster_bits;
 
 	if (q->dedup || (bio->bi_opf & REQ_FUA) || whole < 2 ||
-	    qcow2_offset_in_cluster(q->geo, off) ||
-	    (type != QCOW2_CLUSTER_UNALLOCATED && type != QCOW2_CLUSTER_ZERO_PLAIN))
+	    qcow2_offset_in_cluster(q->geo, off))
+		return 1;
+	if (r == -EWOULDBLOCK)
+		return min(whole, qcow2_md_l2_block_clusters(q->md, off));
+	if (r || (type != QCOW2_CLUSTER_UNALLOCATED && type != QCOW2_CLUSTER_ZERO_PLAIN))
 		return 1;
 	return qcow2_md_zero_run(q->md, off, whole);
 }
@@ -96,7 +106,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 	struct qcow2dedup *q = c->q;
 	enum qcow2_mode mode = READ_ONCE(q->mode);
 	struct qcow2_l2e_info info;
-	enum qcow2_cluster_type type;
+	enum qcow2_cluster_type type = QCOW2_CLUSTER_INVALID;
 	unsigned int keep;
 	unsigned long flags;
 	bool pending;
@@ -175,7 +185,7 @@ static int qcow2dedup_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_REMAPPED;
 	}
 	/* The run's L2 block looked up under the hold, as the first cluster. */
-	keep = r ? 1 : new_run(q, bio, type);
+	keep = new_run(q, bio, r, type);
 	qcow2dedup_io_unhold(q, idx);
 	qcow2dedup_accept_clusters(q, bio, keep);
 	/* Its L2 block first, on the read workqueue: the worker never waits. */

@@ -371,9 +371,10 @@ struct qcow2_op {
 	u64 host_off;
 	/*
 	 * Guest clusters [@guest_cluster, + @clusters) go to host clusters in
-	 * a row from @host_off; more than one only for a run of new whole
-	 * clusters under nodedup (process_run() in engine-worker.c), whose
-	 * mappings are staged one by one (@staged so far).
+	 * a row from @host_off; more than one only under nodedup, for a run
+	 * of new whole clusters (process_run() in engine-worker.c), whose
+	 * mappings are staged one by one (@staged so far), or for a row
+	 * written in place (@in_place: nothing staged).
 	 */
 	u32 clusters;
 	u32 staged;
@@ -387,7 +388,13 @@ struct qcow2_op {
 	bool dedup;
 	bool whole;			/* @buf is still to be filled from @bio */
 	bool zero;			/* all zeros */
-	bool in_place;			/* into the guest cluster's own cluster */
+	/*
+	 * Into the guest cluster's own cluster: with dedup, see
+	 * write_in_place(); under nodedup, a row of COPIED clusters
+	 * (start_in_place()), then a reader from @io_idx until its write ends.
+	 */
+	bool in_place;
+	int io_idx;
 	struct dedup_entry *entry;	/* the WRITING entry this write fills */
 	/*
 	 * Verify: the bytes of host cluster @verify_host read into @vbuf

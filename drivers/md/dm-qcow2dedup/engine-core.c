@@ -7,7 +7,9 @@
  * of an operation, and the error modes.
  *
  * Reuse of freed clusters.  Every bio remapped to a host cluster is counted
- * as a reader from map() to end_io (qcow2dedup_io_hold()); a commit waits
+ * as a reader from map() to end_io (qcow2dedup_io_hold()), and so is the
+ * worker's write in place of a row (start_in_place() in engine-worker.c)
+ * until its clone ends; a commit waits
  * for the readers of clusters it is about to free, so a freed cluster is
  * never reused while a bio still reads or writes it.
  *

@@ -298,7 +298,8 @@ static void cold_write_work(struct work_struct *ws)
  *	so that the worker never waits for that read and the blocks of many
  *	such writes are read at once.
  * @q: target.
- * @bio: the write, cut to its first cluster.
+ * @bio: the write, cut to its first cluster (under nodedup: to the whole
+ *	clusters of that L2 block it covers, see process_run()).
  */
 void qcow2dedup_defer_cold_write(struct qcow2dedup *q, struct bio *bio)
 {

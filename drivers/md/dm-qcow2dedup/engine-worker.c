@@ -134,6 +134,9 @@ static void finish_op(struct qcow2dedup *q, struct qcow2_op *op)
 	}
 	if (!status && READ_ONCE(q->mode) != MODE_WRITE)
 		status = BLK_STS_IOERR;
+	/* Written in place (start_in_place()): no mapping changes. */
+	if (op->in_place)
+		op->staged = op->clusters;
 	/* One cluster after the other: a retry goes on where this stopped. */
 	for (; op->staged < op->clusters; op->staged++) {
 		u64 delta = (u64)op->staged << q->geo->cluster_bits;
@@ -174,6 +177,34 @@ static struct qcow2_op *busy_in_range(struct qcow2dedup *q, u64 first, u64 last)
 }
 
 /*
+ * Write @n whole guest clusters of run @bio from @op's guest cluster to
+ * @op->host_off with one clone of that part of @bio; @op, in @q->busy from
+ * here, ends at @endio as a piece of @bio.
+ */
+static void submit_run_piece(struct qcow2dedup *q, struct bio *bio,
+			     struct qcow2_op *op, unsigned int n, bio_end_io_t *endio)
+{
+	u64 skip = (op->guest_cluster << q->geo->cluster_bits) -
+		   qcow2dedup_guest_offset(bio);
+	struct bio *clone;
+
+	op->clusters = n;
+	op->piece = true;
+	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
+	atomic_inc(&qcow2dedup_pb(bio)->remaining);
+
+	/* Never fails: GFP_NOIO from the target's bioset. */
+	clone = bio_alloc_clone(q->bdev, bio, GFP_NOIO, &q->bs);
+	bio_trim(clone, skip >> SECTOR_SHIFT,
+		 ((u64)n << q->geo->cluster_bits) >> SECTOR_SHIFT);
+	clone->bi_opf &= ~(REQ_FUA | REQ_PREFLUSH);
+	clone->bi_iter.bi_sector = op->host_off >> SECTOR_SHIFT;
+	clone->bi_end_io = endio;
+	clone->bi_private = op;
+	submit_bio_noacct(clone);
+}
+
+/*
  * Start a run of [@gc, + @n) whole guest clusters of run @bio (see
  * process_run()) that do not need their old contents.  Sets *@n to the
  * clusters started: at least one, as many as have free host clusters in a
@@ -183,9 +214,7 @@ static struct qcow2_op *busy_in_range(struct qcow2dedup *q, u64 first, u64 last)
 static int start_run(struct qcow2dedup *q, struct bio *bio, u64 gc,
 		     unsigned int *n, blk_status_t *status)
 {
-	u64 skip = (gc << q->geo->cluster_bits) - qcow2dedup_guest_offset(bio);
 	struct qcow2_op *op;
-	struct bio *clone;
 	int r;
 
 	op = qcow2dedup_op_new(q, bio, gc, false);
@@ -203,31 +232,57 @@ static int start_run(struct qcow2dedup *q, struct bio *bio, u64 gc,
 		*status = qcow2dedup_alloc_error(q, r);
 		return r;
 	}
-	op->clusters = *n;
-	op->piece = true;
-	rb_add(&op->node, &q->busy, qcow2dedup_op_less);
-	atomic_inc(&qcow2dedup_pb(bio)->remaining);
 	atomic64_add(*n, &q->clusters_allocated);
 	if (*n > 1)
 		atomic64_inc(&q->alloc_runs);
+	submit_run_piece(q, bio, op, *n, qcow2dedup_clone_endio);
+	return 0;
+}
 
-	/* Never fails: GFP_NOIO from the target's bioset. */
-	clone = bio_alloc_clone(q->bdev, bio, GFP_NOIO, &q->bs);
-	bio_trim(clone, skip >> SECTOR_SHIFT,
-		 ((u64)*n << q->geo->cluster_bits) >> SECTOR_SHIFT);
-	clone->bi_opf &= ~(REQ_FUA | REQ_PREFLUSH);
-	clone->bi_iter.bi_sector = op->host_off >> SECTOR_SHIFT;
-	clone->bi_end_io = qcow2dedup_clone_endio;
-	clone->bi_private = op;
-	submit_bio_noacct(clone);
+/* The end of start_in_place()'s write, in any context. */
+static void in_place_endio(struct bio *clone)
+{
+	struct qcow2_op *op = clone->bi_private;
+
+	qcow2dedup_io_unhold(op->q, op->io_idx);
+	qcow2dedup_clone_endio(clone);
+}
+
+/*
+ * Start a write in place of [@gc, + @n) whole guest clusters of run @bio
+ * (see process_run()), whose data lie in a row from @host_off with COPIED
+ * set: what map() does with such a row when their L2 block is cached.  An
+ * operation of its own, so that no write or discard of those clusters
+ * starts in the worker before it ends (finish_op() stages nothing for it),
+ * and a reader until then, as map()'s writes in place are.  The hold comes
+ * after the lookup, not before as in map(): only the worker's own commits
+ * free clusters, and none runs in between.
+ * Return: 0, or -EAGAIN (too many operations in flight or memory short).
+ */
+static int start_in_place(struct qcow2dedup *q, struct bio *bio, u64 gc,
+			  u64 host_off, unsigned int n)
+{
+	struct qcow2_op *op = qcow2dedup_op_new(q, bio, gc, false);
+
+	if (!op)
+		return -EAGAIN;
+	op->host_off = host_off;
+	op->in_place = true;
+	if (n > 1)
+		atomic64_inc(&q->write_runs);
+	op->io_idx = qcow2dedup_io_hold(q);
+	submit_run_piece(q, bio, op, n, in_place_endio);
 	return 0;
 }
 
 /*
  * Worker: a write of several whole guest clusters under nodedup, which map()
  * let through as one bio because none had old contents to keep (see
- * qcow2dedup_map()).  They get host clusters in runs, each written with one
- * clone of its part of @bio (an operation of its own, staged when written),
+ * qcow2dedup_map()), or because their L2 block was not cached (map() could
+ * not look; cold_write_work() in engine-read.c read the block since).
+ * Clusters without data get host clusters in runs, each written with one
+ * clone of its part of @bio (an operation of its own, staged when written);
+ * rows of clusters with COPIED set are written in place the same way;
  * so that a sequential write is not cut at every cluster.  What changed
  * since map() looked does not matter: a whole cluster never needs its old
  * contents, and one in flight makes the bio wait for it.
@@ -247,7 +302,7 @@ static int process_run(struct qcow2dedup *q, struct bio *bio)
 	enum qcow2_cluster_type type;
 	blk_status_t status;
 	struct qcow2_op *op;
-	bool pending, cow;
+	bool pending, cow, in_place;
 	unsigned int n;
 	u64 gc;
 	int r;
@@ -285,22 +340,32 @@ static int process_run(struct qcow2dedup *q, struct bio *bio)
 			break;
 		}
 		/*
-		 * A run of clusters without old data.  One that got data since
-		 * map() looked (a write that went before this bio) gets a new
-		 * cluster of its own, even with COPIED set: rare, and this
-		 * bio cannot be cut here.  Counted as a copy when its old
-		 * cluster is shared or compressed, as elsewhere.
+		 * A run of clusters without old data, or a row of clusters
+		 * with COPIED set written in place.  Any other cluster with
+		 * data (shared, compressed) gets a new cluster of its own,
+		 * counted as a copy as elsewhere.
 		 */
 		cow = false;
+		in_place = false;
 		for (n = 0, r = 0; n < max; n++) {
 			r = qcow2_md_lookup(q->md, (gc + n) << cb, true, &type, &info, &pending);
 			if (r || type == QCOW2_CLUSTER_INVALID)
 				break;
 			if (type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_COMPRESSED) {
-				cow = !n && (type == QCOW2_CLUSTER_COMPRESSED || !info.copied);
+				in_place = !n && type == QCOW2_CLUSTER_NORMAL && info.copied;
+				cow = !n && !in_place;
 				n += !n;
 				break;
 			}
+		}
+		if (in_place) {
+			n = qcow2_md_normal_run(q->md, gc << cb, info.host_offset, max, true);
+			if (start_in_place(q, bio, gc, info.host_offset, n)) {
+				p->next = gc << cb;
+				return -EAGAIN;
+			}
+			cond_resched();
+			continue;
 		}
 		if (!n && r) {
 			qcow2dedup_metadata_error(q, "read", r);
@@ -350,7 +415,10 @@ static int process_write(struct qcow2dedup *q, struct bio *bio, bool barrier_don
 	bool pending;
 	int idx, r;
 
-	/* Whole clusters without old contents, let through together by map(). */
+	/*
+	 * Whole clusters let through together by map(): without old contents,
+	 * or (cold: their L2 block was not cached) holding anything.
+	 */
 	if (qcow2dedup_bio_clusters(q, bio) > 1)
 		return process_run(q, bio);
 	if (READ_ONCE(q->mode) != MODE_WRITE)

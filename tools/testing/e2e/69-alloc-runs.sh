@@ -16,7 +16,16 @@
 #      end, the 255 whole ones between as a run;
 #   e  a 2 MiB write at 40M with RWF_DSYNC (FUA: cut at every cluster,
 #      each waits for its commit), then 4 MiB buffered through the page
-#      cache at 44M (the block layer's own merged writes).
+#      cache at 44M (the block layer's own merged writes);
+#   f  after a reactivation (no L2 block cached), 1 MiB over D1's first
+#      (all COPIED: in place, no cluster allocated) and 1 MiB at 30.5M (129
+#      clusters of U in place, 127 new), the bytes already there.
+# The first MiB of a and both writes of f are cold: their L2 block is not
+# cached.  Such a write goes to the worker whole (writes_cold counts it,
+# at most once per bio the block layer made of it), which writes rows in
+# place and allocates runs (before, it was cut at every cluster, and on
+# SMP the clusters reached the worker in any order: D1's first MiB landed
+# in 33 pieces on the host).
 # Inside: the device reads back as the expected disk (cmp), alloc_runs
 # counts at least the 1 MiB writes of a, b and d, the mode stays write.
 # Host: qemu-img compare with the expected disk, the snapshot still reads
@@ -80,9 +89,12 @@ dmsetup create t --table "0 $LEN qcow2dedup /dev/ubda 1 nodedup" || { echo "FAIL
 put D1.bin \$d 1
 sync \$d
 a=\$(st alloc_runs)
-echo "a: alloc_runs \$a, clusters_allocated \$(st clusters_allocated)"
+echo "a: alloc_runs \$a, clusters_allocated \$(st clusters_allocated), writes_cold \$(st writes_cold)"
 # 16 writes of 1 MiB, each one run at least (L2 tables start every 2 MiB).
 [ "\$a" -ge 16 ] || bad "a: alloc_runs \$a after 16 MiB of whole new clusters"
+# The first MiB's L2 block was not cached: it waits for it as one bio (or
+# as the few the block layer makes of 1 MiB), not cut at every cluster.
+[ "\$(st writes_cold)" -le 8 ] || bad "a: the cold first MiB went as \$(st writes_cold) writes"
 blkdiscard -z -o $((20 * M)) -l $M \$d || bad "b: write-zeroes"
 put D2.bin \$d 20
 sync \$d
@@ -100,6 +112,22 @@ sync \$d
 dd if=F.bin of=\$d bs=2M seek=20 oflag=direct,dsync conv=notrunc status=none || bad "e: dsync write"
 dd if=G.bin of=\$d bs=1M seek=44 conv=notrunc,fsync status=none || bad "e: buffered write"
 save t one
+dmsetup remove t || bad "f: remove"
+dmsetup create t --table "0 $LEN qcow2dedup /dev/ubda 1 nodedup" || bad "f: create"
+# f: nothing cached: 1 MiB over D1 (all COPIED), then 1 MiB at 30.5M
+# (129 clusters of U, 127 unallocated), with the bytes they read as.
+dd if=exp.raw of=\$d bs=1M count=1 skip=$M seek=$M iflag=skip_bytes oflag=direct,seek_bytes \
+	conv=notrunc status=none || bad "f: write over D1"
+sync \$d
+[ "\$(st clusters_allocated)" -eq 0 ] || bad "f: a write over D1 allocated \$(st clusters_allocated) clusters"
+dd if=exp.raw of=\$d bs=1M count=1 skip=$((61 * M / 2)) seek=$((61 * M / 2)) iflag=skip_bytes \
+	oflag=direct,seek_bytes conv=notrunc status=none || bad "f: write over U"
+sync \$d
+echo "f: writes_cold \$(st writes_cold), write_runs \$(st write_runs), alloc_runs \$(st alloc_runs), clusters_allocated \$(st clusters_allocated)"
+[ "\$(st clusters_allocated)" -eq 127 ] || bad "f: \$(st clusters_allocated) clusters allocated over U, want 127"
+[ "\$(st writes_cold)" -ge 2 ] || bad "f: the writes were not cold"
+[ "\$(st write_runs)" -ge 2 ] || bad "f: no row written in place (write_runs \$(st write_runs))"
+save t f
 cmp \$d exp.raw || bad "the device differs from the expected disk"
 dmsetup remove t || bad remove
 echo one-done
@@ -109,6 +137,8 @@ log "part 1: runs of new clusters"
 run_inner one -m 512M -d img.qcow2
 want_stat one.stats mode = write
 want_stat one.stats alloc_runs -ge 19
+want_stat f.stats mode = write
+want_stat f.stats clusters_allocated -eq 127
 qemu-img compare -q -f raw -F qcow2 exp.raw img.qcow2 || fail "the image does not read as the expected disk"
 qemu-img convert -O raw -l snapshot.name=s img.qcow2 snap.raw
 cmp -n $M snap.raw X.bin || fail "the snapshot no longer reads X"
