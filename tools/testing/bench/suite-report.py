@@ -66,19 +66,31 @@ for cs in clusters:
     table(cs, "p50 completion latency, us", "%.0f", lambda m, job, cs: m["p50_us"])
     table(cs, "p99 completion latency, us", "%.0f", lambda m, job, cs: m["p99_us"])
     table(cs, "CPU busy during the job (UML kernel + fio), s", "%.2f", lambda m, job, cs: m["cpu_s"])
-    hb = {}
+    # The bound of each row's own boot: the mean of the runs before and
+    # after it; the fraction per boot, then medians over the boots.
+    hb = collections.defaultdict(list)
     if os.path.exists(os.path.join(out, "hash-bound.csv")):
-        for line in open(os.path.join(out, "hash-bound.csv")):
-            alg, size, mbps = line.strip().split(",")
-            hb[(alg, int(size))] = float(mbps)
+        for b in csv.DictReader(open(os.path.join(out, "hash-bound.csv"))):
+            hb[(b["cluster"], b["run"], b["row"], b["alg"], int(b["size"]))].append(float(b["MBps"]))
     csb = int(cs.rstrip("kK")) * 1024 if cs[-1] in "kK" else int(cs)
     for x, alg in (("sha256", "sha256"), ("blake2b", "blake2b-256"), ("xxh+vfy", "xxhash64")):
-        b = hb.get((alg, csb))
-        m = med.get((cs, x, "seq-new"))
-        d = med.get((cs, x, "seq-dup"))
-        if b and m and d:
-            print("hash bound %-8s %7.0f MB/s; seq-new %.2f of it, seq-dup %.2f" % (
-                alg, b, m["MBps"] / b, d["MBps"] / b))
+        bounds, fnew, fdup = [], [], []
+        for r in rows:
+            if r["cluster"] != cs or r["row"] != x or r["job"] not in ("seq-new", "seq-dup"):
+                continue
+            b = hb.get((cs, r["run"], x, alg, csb))
+            if not b:
+                continue
+            bound = statistics.mean(b)
+            (fnew if r["job"] == "seq-new" else fdup).append(float(r["MBps"]) / bound)
+            if r["job"] == "seq-new":
+                bounds.append((bound, min(b), max(b)))
+        if fnew and fdup:
+            print("hash bound %-8s %7.0f MB/s (boots: %s); seq-new %.2f of it (%s), seq-dup %.2f (%s)" % (
+                alg, statistics.median(v[0] for v in bounds),
+                " ".join("%.0f-%.0f" % (v[1], v[2]) for v in bounds),
+                statistics.median(fnew), " ".join("%.2f" % v for v in fnew),
+                statistics.median(fdup), " ".join("%.2f" % v for v in fdup)))
     for f in sorted(glob.glob(os.path.join(out, "stats-%s-*.txt" % cs)))[:1]:
         st = {}
         for line in open(f):
