@@ -62,7 +62,7 @@ X86_ACCEL ?= $(shell tools/testing/x86-accel)
 # worker while map() looks up the next bios on the other CPU and while
 # the other loop's freed clusters are reused.
 E2E_SMP   ?= /(54-smp-stress|67-read-miss-async|59-read-runs|68-zeroes-in-place|69-alloc-runs)\.sh$$
-E2E_SMP_MORE := /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|63-verify-async|66-rmw-async)\.sh$$
+E2E_SMP_MORE := /(30-write-mixed|38-reload|40-dedup|42-dedup-fio|43-dedup-snapshot|49-dedup-write-zeroes|50-memory-pressure|52-dedup-collision|63-verify-async|66-rmw-async|70-dedup-write-merge)\.sh$$
 
 .PHONY: all module module-6.1 deb tool deps uml kunit e2e smoke static checkpatch sparse layers check demo bench bench-vm bench-dd fuzz \
 	x86 kunit-x86 e2e-smp print-e2e-smp print-ko-6.1 print-kver print-kver-6.1 install install-tool clean help

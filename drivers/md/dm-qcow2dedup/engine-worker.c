@@ -17,6 +17,7 @@
  * runs on REQ_PREFLUSH, for REQ_FUA writes, every commit period, when much
  * is staged, and on suspend.  A flush or FUA bio completes only after it.
  */
+#include <linux/blkdev.h>
 #include <linux/delay.h>
 #include <linux/dm-io.h>
 
@@ -683,6 +684,7 @@ void qcow2dedup_do_worker(struct work_struct *ws)
 	struct bio_list bios = BIO_EMPTY_LIST, flushes = BIO_EMPTY_LIST;
 	struct bio_list held = BIO_EMPTY_LIST;
 	struct qcow2_op *op, *tmp;
+	struct blk_plug plug;
 	LIST_HEAD(completed);
 	LIST_HEAD(hashed);
 	struct bio *bio;
@@ -702,6 +704,14 @@ void qcow2dedup_do_worker(struct work_struct *ws)
 		dedup_unverify_all(&q->index);
 	}
 
+	/*
+	 * One plug for the pass, as dm-thin's deferred bios: a deduplicated
+	 * write sends each new cluster as a bio of its own, and consecutive
+	 * new clusters are adjacent on the device (the allocator's hint), so
+	 * the device gets them merged.  Sleeping (a synchronous metadata
+	 * read) sends what the plug holds first.
+	 */
+	blk_start_plug(&plug);
 	spin_lock_irq(&q->lock);
 	list_splice_init(&q->completed, &completed);
 	spin_unlock_irq(&q->lock);
@@ -768,6 +778,7 @@ void qcow2dedup_do_worker(struct work_struct *ws)
 		bio_list_merge_head(&q->deferred, &held);
 		spin_unlock_irq(&q->lock);
 	}
+	blk_finish_plug(&plug);
 
 	if (!bio_list_empty(&flushes) || !bio_list_empty(&q->commit_waiters) ||
 	    (READ_ONCE(q->commit_due) && qcow2_md_dirty(q->md)) ||
